@@ -1,0 +1,2 @@
+//! Types shared between the XDP program (`gateway-ebpf`) and the gateway.
+#![no_std]

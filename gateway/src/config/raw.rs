@@ -1,0 +1,505 @@
+//! The file as written: strings and numbers, every default in one place.
+//!
+//! Keep `config/gateway.toml` and `docs/config.md` in step with the defaults here.
+
+use super::*;
+use serde::Deserialize;
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawConfig {
+    pub node: RawNode,
+    pub listen: RawListen,
+    pub tls: RawTls,
+    pub auth: RawAuth,
+    pub session: RawSession,
+    pub heartbeat: RawHeartbeat,
+    pub push_api: RawPushApi,
+    pub upstream: RawUpstream,
+    pub xdp: RawXdp,
+    pub cluster: RawCluster,
+    pub shutdown: RawShutdown,
+    pub log: RawLog,
+}
+
+impl Default for RawConfig {
+    fn default() -> Self {
+        RawConfig {
+            node: RawNode::default(),
+            listen: RawListen::default(),
+            tls: RawTls::default(),
+            auth: RawAuth::default(),
+            session: RawSession::default(),
+            heartbeat: RawHeartbeat::default(),
+            push_api: RawPushApi::default(),
+            upstream: RawUpstream::default(),
+            xdp: RawXdp::default(),
+            cluster: RawCluster::default(),
+            shutdown: RawShutdown::default(),
+            log: RawLog::default(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawNode {
+    pub id: String,
+    pub state_dir: String,
+}
+impl Default for RawNode {
+    fn default() -> Self {
+        RawNode { id: String::new(), state_dir: "./state".into() }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawListen {
+    pub addr: String,
+    pub plaintext_addr: String,
+    pub backlog: u32,
+    pub max_connections: usize,
+}
+impl Default for RawListen {
+    fn default() -> Self {
+        RawListen {
+            addr: "127.0.0.1:7000".into(),
+            plaintext_addr: String::new(),
+            backlog: 4096,
+            max_connections: 100_000,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawTls {
+    pub cert_file: String,
+    pub key_file: String,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawAuth {
+    pub algorithm: String,
+    pub secret: Option<String>,
+    pub secret_file: String,
+    pub public_key_file: String,
+    pub leeway: String,
+}
+impl Default for RawAuth {
+    fn default() -> Self {
+        RawAuth {
+            algorithm: "HS256".into(),
+            secret: None,
+            secret_file: String::new(),
+            public_key_file: String::new(),
+            leeway: "30s".into(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawSession {
+    pub login_timeout: String,
+    pub duplicate_login: String,
+    pub max_frame_bytes: usize,
+    pub max_prelogin_frame_bytes: usize,
+    pub outbound_queue_bytes: usize,
+    pub write_stall_timeout: String,
+    pub max_uid_bytes: usize,
+}
+impl Default for RawSession {
+    fn default() -> Self {
+        RawSession {
+            login_timeout: "10s".into(),
+            duplicate_login: "kick_old".into(),
+            max_frame_bytes: 64 * 1024,
+            max_prelogin_frame_bytes: 4 * 1024,
+            outbound_queue_bytes: 256 * 1024,
+            write_stall_timeout: "30s".into(),
+            max_uid_bytes: 128,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawHeartbeat {
+    pub interval: String,
+    pub timeout_factor: u32,
+    pub grace: String,
+}
+impl Default for RawHeartbeat {
+    fn default() -> Self {
+        RawHeartbeat { interval: "270s".into(), timeout_factor: 2, grace: "30s".into() }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawPushApi {
+    pub listen: String,
+    pub max_body_bytes: usize,
+    pub max_uids_per_request: usize,
+    pub default_ack_timeout: String,
+    pub max_ack_timeout: String,
+}
+impl Default for RawPushApi {
+    fn default() -> Self {
+        RawPushApi {
+            listen: "127.0.0.1:7080".into(),
+            max_body_bytes: 1024 * 1024,
+            max_uids_per_request: 1000,
+            default_ack_timeout: "5s".into(),
+            max_ack_timeout: "60s".into(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawUpstream {
+    pub webhook_url: String,
+    pub webhook_timeout: String,
+    pub max_inflight: usize,
+}
+impl Default for RawUpstream {
+    fn default() -> Self {
+        RawUpstream { webhook_url: String::new(), webhook_timeout: "3s".into(), max_inflight: 1024 }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawXdp {
+    pub enabled: bool,
+    pub interface: String,
+    pub attach_mode: String,
+    pub object: String,
+    pub blacklist: Vec<String>,
+}
+impl Default for RawXdp {
+    fn default() -> Self {
+        RawXdp {
+            enabled: true,
+            interface: String::new(),
+            attach_mode: "auto".into(),
+            object: String::new(),
+            blacklist: Vec::new(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawCluster {
+    pub etcd_endpoints: Vec<String>,
+    pub advertise_addr: String,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawShutdown {
+    pub grace: String,
+}
+impl Default for RawShutdown {
+    fn default() -> Self {
+        RawShutdown { grace: "10s".into() }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawLog {
+    pub level: String,
+    pub format: String,
+}
+impl Default for RawLog {
+    fn default() -> Self {
+        RawLog { level: "info".into(), format: "text".into() }
+    }
+}
+
+/// Collects key errors while converting.
+struct Check {
+    errors: Vec<KeyError>,
+}
+
+impl Check {
+    fn err(&mut self, key: &str, message: impl Into<String>) {
+        self.errors.push(KeyError { key: key.to_string(), message: message.into() });
+    }
+    fn duration(&mut self, key: &str, value: &str) -> Duration {
+        match parse_duration(value) {
+            Ok(d) => d,
+            Err(e) => {
+                self.err(key, format!("{value:?}: {e}"));
+                Duration::ZERO
+            }
+        }
+    }
+    fn positive_duration(&mut self, key: &str, value: &str) -> Duration {
+        let d = self.duration(key, value);
+        if d.is_zero() && parse_duration(value).is_ok() {
+            self.err(key, "must be greater than zero");
+        }
+        d
+    }
+    fn socket_addr(&mut self, key: &str, value: &str) -> SocketAddr {
+        match value.trim().parse::<SocketAddr>() {
+            Ok(a) => a,
+            Err(_) => {
+                self.err(key, format!("{value:?} is not an IP:port address (e.g. \"127.0.0.1:7000\" or \"[::1]:7000\")"));
+                SocketAddr::from(([0, 0, 0, 0], 0))
+            }
+        }
+    }
+    fn optional_path(value: &str) -> Option<PathBuf> {
+        let v = value.trim();
+        (!v.is_empty()).then(|| PathBuf::from(v))
+    }
+    fn at_least(&mut self, key: &str, value: usize, min: usize) {
+        if value < min {
+            self.err(key, format!("{value} is below the minimum of {min}"));
+        }
+    }
+}
+
+impl RawConfig {
+    pub fn parse(text: &str) -> Result<RawConfig, String> {
+        toml::from_str(text).map_err(|e| e.to_string())
+    }
+
+    pub fn validate(self, o: &Overrides) -> Result<Config, Vec<KeyError>> {
+        let mut c = Check { errors: Vec::new() };
+        let r = self;
+
+        let node_id = match o.node_id.clone().unwrap_or(r.node.id) {
+            id if id.trim().is_empty() => default_node_id(),
+            id => id,
+        };
+        if node_id.len() > 64 || !node_id.chars().all(|ch| ch.is_ascii_alphanumeric() || "-_.".contains(ch)) {
+            c.err("node.id", format!("{node_id:?}: use at most 64 characters from [A-Za-z0-9._-]"));
+        }
+        let state_dir = o.state_dir.clone().unwrap_or_else(|| PathBuf::from(r.node.state_dir.trim()));
+        if state_dir.as_os_str().is_empty() {
+            c.err("node.state_dir", "must not be empty");
+        }
+
+        let listen_addr_raw = o.listen.clone().unwrap_or(r.listen.addr);
+        let addr = c.socket_addr("listen.addr", &listen_addr_raw);
+        let plaintext_addr = match r.listen.plaintext_addr.trim() {
+            "" => None,
+            v => Some(c.socket_addr("listen.plaintext_addr", v)),
+        };
+        if plaintext_addr.is_some() && plaintext_addr == Some(addr) {
+            c.err("listen.plaintext_addr", "must differ from listen.addr");
+        }
+        c.at_least("listen.backlog", r.listen.backlog as usize, 16);
+        c.at_least("listen.max_connections", r.listen.max_connections, 1);
+
+        let cert_file = Check::optional_path(&r.tls.cert_file);
+        let key_file = Check::optional_path(&r.tls.key_file);
+        match (&cert_file, &key_file) {
+            (Some(_), None) => c.err("tls.key_file", "tls.cert_file is set, so tls.key_file must be set too"),
+            (None, Some(_)) => c.err("tls.cert_file", "tls.key_file is set, so tls.cert_file must be set too"),
+            _ => {}
+        }
+
+        let algorithm = match r.auth.algorithm.trim().to_ascii_uppercase().as_str() {
+            "HS256" => JwtAlgorithm::Hs256,
+            "RS256" => JwtAlgorithm::Rs256,
+            "ES256" => JwtAlgorithm::Es256,
+            other => {
+                c.err("auth.algorithm", format!("{other:?}: expected HS256, RS256 or ES256"));
+                JwtAlgorithm::Hs256
+            }
+        };
+        let secret = r.auth.secret.clone();
+        if let Some(s) = &secret {
+            if s.len() < 16 {
+                c.err("auth.secret", "must be at least 16 bytes (an empty or short secret makes tokens forgeable)");
+            }
+        }
+        let secret_file = Check::optional_path(&r.auth.secret_file);
+        let public_key_file = Check::optional_path(&r.auth.public_key_file);
+        match algorithm {
+            JwtAlgorithm::Hs256 => {
+                if secret.is_some() && secret_file.is_some() {
+                    c.err("auth.secret_file", "set either auth.secret or auth.secret_file, not both");
+                }
+            }
+            JwtAlgorithm::Rs256 | JwtAlgorithm::Es256 => {
+                if public_key_file.is_none() {
+                    c.err("auth.public_key_file", "required for RS256 and ES256 (a PEM public key)");
+                }
+            }
+        }
+        let leeway = c.duration("auth.leeway", &r.auth.leeway);
+
+        let login_timeout = c.positive_duration("session.login_timeout", &r.session.login_timeout);
+        let duplicate_login = match r.session.duplicate_login.trim() {
+            "kick_old" => DuplicateLogin::KickOld,
+            "refuse_new" => DuplicateLogin::RefuseNew,
+            other => {
+                c.err("session.duplicate_login", format!("{other:?}: expected \"kick_old\" or \"refuse_new\""));
+                DuplicateLogin::KickOld
+            }
+        };
+        c.at_least("session.max_frame_bytes", r.session.max_frame_bytes, 256);
+        if r.session.max_frame_bytes > 16 * 1024 * 1024 {
+            c.err("session.max_frame_bytes", "must be at most 16 MiB");
+        }
+        c.at_least("session.max_prelogin_frame_bytes", r.session.max_prelogin_frame_bytes, 256);
+        if r.session.max_prelogin_frame_bytes > r.session.max_frame_bytes {
+            c.err("session.max_prelogin_frame_bytes", "must not exceed session.max_frame_bytes");
+        }
+        c.at_least("session.outbound_queue_bytes", r.session.outbound_queue_bytes, 1);
+        if r.session.outbound_queue_bytes > 0 && r.session.outbound_queue_bytes < r.session.max_frame_bytes {
+            c.err(
+                "session.outbound_queue_bytes",
+                "must be at least session.max_frame_bytes, or one maximal push would count as a slow consumer",
+            );
+        }
+        let write_stall_timeout = c.positive_duration("session.write_stall_timeout", &r.session.write_stall_timeout);
+        c.at_least("session.max_uid_bytes", r.session.max_uid_bytes, 1);
+        if r.session.max_uid_bytes > 255 {
+            c.err("session.max_uid_bytes", "must be at most 255 (uids travel as a length-prefixed string)");
+        }
+
+        let interval = c.positive_duration("heartbeat.interval", &r.heartbeat.interval);
+        if r.heartbeat.timeout_factor == 0 {
+            c.err("heartbeat.timeout_factor", "must be at least 1, or every connection times out at once");
+        }
+        let grace = c.duration("heartbeat.grace", &r.heartbeat.grace);
+        if interval > Duration::from_secs(24 * 3600) {
+            c.err("heartbeat.interval", "must be at most 24h");
+        }
+
+        let push_listen_raw = o.push_listen.clone().unwrap_or(r.push_api.listen);
+        let push_listen = c.socket_addr("push_api.listen", &push_listen_raw);
+        c.at_least("push_api.max_body_bytes", r.push_api.max_body_bytes, 1024);
+        c.at_least("push_api.max_uids_per_request", r.push_api.max_uids_per_request, 1);
+        let default_ack_timeout = c.positive_duration("push_api.default_ack_timeout", &r.push_api.default_ack_timeout);
+        let max_ack_timeout = c.positive_duration("push_api.max_ack_timeout", &r.push_api.max_ack_timeout);
+        if default_ack_timeout > max_ack_timeout {
+            c.err("push_api.default_ack_timeout", "must not exceed push_api.max_ack_timeout");
+        }
+
+        let webhook_url = match r.upstream.webhook_url.trim() {
+            "" => None,
+            u if u.starts_with("http://") || u.starts_with("https://") => Some(u.to_string()),
+            u => {
+                c.err("upstream.webhook_url", format!("{u:?}: must start with http:// or https://"));
+                None
+            }
+        };
+        let webhook_timeout = c.positive_duration("upstream.webhook_timeout", &r.upstream.webhook_timeout);
+        c.at_least("upstream.max_inflight", r.upstream.max_inflight, 1);
+
+        let attach_mode = match r.xdp.attach_mode.trim() {
+            "auto" => AttachMode::Auto,
+            "native" => AttachMode::Native,
+            "skb" => AttachMode::Skb,
+            other => {
+                c.err("xdp.attach_mode", format!("{other:?}: expected \"auto\", \"native\" or \"skb\""));
+                AttachMode::Auto
+            }
+        };
+        let mut blacklist = Vec::new();
+        for (i, entry) in r.xdp.blacklist.iter().enumerate() {
+            match entry.trim().parse::<IpAddr>() {
+                Ok(ip) => blacklist.push(ip),
+                Err(_) => c.err(&format!("xdp.blacklist[{i}]"), format!("{entry:?} is not an IPv4 or IPv6 address")),
+            }
+        }
+
+        let etcd_endpoints = o.etcd_endpoints.clone().unwrap_or(r.cluster.etcd_endpoints);
+        for (i, e) in etcd_endpoints.iter().enumerate() {
+            if !(e.starts_with("http://") || e.starts_with("https://")) {
+                c.err(&format!("cluster.etcd_endpoints[{i}]"), format!("{e:?}: expected http://host:port"));
+            }
+        }
+
+        let shutdown_grace = c.duration("shutdown.grace", &r.shutdown.grace);
+        let json = match r.log.format.trim() {
+            "text" => false,
+            "json" => true,
+            other => {
+                c.err("log.format", format!("{other:?}: expected \"text\" or \"json\""));
+                false
+            }
+        };
+        if tracing_subscriber::EnvFilter::try_new(&r.log.level).is_err() {
+            c.err("log.level", format!("{:?} is not a valid filter (e.g. \"info\" or \"gateway=debug\")", r.log.level));
+        }
+
+        if !c.errors.is_empty() {
+            return Err(c.errors);
+        }
+        Ok(Config {
+            node: NodeConfig { id: node_id, state_dir },
+            listen: ListenConfig {
+                addr,
+                plaintext_addr,
+                backlog: r.listen.backlog,
+                max_connections: r.listen.max_connections,
+            },
+            tls: TlsConfig { cert_file, key_file },
+            auth: AuthConfig { algorithm, secret, secret_file, public_key_file, leeway },
+            session: SessionConfig {
+                login_timeout,
+                duplicate_login,
+                max_frame_bytes: r.session.max_frame_bytes,
+                max_prelogin_frame_bytes: r.session.max_prelogin_frame_bytes,
+                outbound_queue_bytes: r.session.outbound_queue_bytes,
+                write_stall_timeout,
+                max_uid_bytes: r.session.max_uid_bytes,
+            },
+            heartbeat: HeartbeatConfig { interval, timeout_factor: r.heartbeat.timeout_factor, grace },
+            push_api: PushApiConfig {
+                listen: push_listen,
+                max_body_bytes: r.push_api.max_body_bytes,
+                max_uids_per_request: r.push_api.max_uids_per_request,
+                default_ack_timeout,
+                max_ack_timeout,
+            },
+            upstream: UpstreamConfig { webhook_url, webhook_timeout, max_inflight: r.upstream.max_inflight },
+            xdp: XdpConfig {
+                enabled: r.xdp.enabled,
+                interface: Check::optional_path(&r.xdp.interface).map(|p| p.display().to_string()),
+                attach_mode,
+                object: Check::optional_path(&r.xdp.object),
+                blacklist,
+            },
+            cluster: ClusterConfig {
+                etcd_endpoints,
+                advertise_addr: Some(r.cluster.advertise_addr.trim().to_string()).filter(|s| !s.is_empty()),
+            },
+            shutdown: ShutdownConfig { grace: shutdown_grace },
+            log: LogConfig { level: r.log.level, json },
+        })
+    }
+}
+
+/// The host name, so two nodes on different hosts never share an id by default.
+fn default_node_id() -> String {
+    let mut buf = [0u8; 256];
+    // SAFETY: the buffer is valid for its length; gethostname NUL-terminates on success.
+    let rc = unsafe { libc::gethostname(buf.as_mut_ptr().cast(), buf.len()) };
+    if rc == 0 {
+        let end = buf.iter().position(|&b| b == 0).unwrap_or(buf.len());
+        let name: String = String::from_utf8_lossy(&buf[..end])
+            .chars()
+            .map(|ch| if ch.is_ascii_alphanumeric() || "-_.".contains(ch) { ch } else { '-' })
+            .take(64)
+            .collect();
+        if !name.is_empty() {
+            return name;
+        }
+    }
+    "gateway-node".to_string()
+}

@@ -1,0 +1,21 @@
+//! The IM edge gateway as a library.
+//!
+//! How the pieces fit (sans-IO cores first, tokio shells after):
+//!
+//! - [`protocol`]: wire format v1 — frame header, ops, error codes, the
+//!   tokio-util codec with its size limits, and typed message bodies.
+//! - [`config`]: the typed, fully validated configuration.
+//! - [`auth`]: JWT verification for LOGIN and minting of dev tokens.
+//! - [`registry`]: the sharded uid(+device) <-> connection map.
+//! - [`heartbeat`]: the liveness wheel that finds silent connections.
+//! - [`session`]: one connection's task: TLS handshake, login, frames, writes.
+//! - [`server`]: listeners, the accept loop and shutdown.
+//! - [`api`]: the internal HTTP push API and `/metrics`.
+//! - [`upstream`]: where client SEND frames go (webhook or built-in relay).
+//! - [`defense`]: the XDP program's maps and the accept-time fallback.
+//! - [`client`]: the reference client used by tests and `gateway client`.
+//! - [`metrics`]: counters rendered in the Prometheus text format.
+//! - [`tls`] and [`state`]: certificates and the node's state directory.
+
+pub mod config;
+pub mod defense;
