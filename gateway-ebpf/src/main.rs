@@ -35,29 +35,30 @@ use gateway_common::{
 };
 
 // Map names equal the statics' names; gateway-common's MAP_* constants spell
-// the same strings for userspace. `pinned` = LIBBPF_PIN_BY_NAME: when the
-// loader sets a pin directory, maps are pinned there and reused on reload.
+// the same strings for userspace. Pinning is decided by the loader (it pins to
+// a per-interface bpffs folder), not here, so a bare load never leaves maps
+// behind in /sys/fs/bpf.
 #[map]
-static ALLOW_V4: LpmTrie<[u8; 4], AllowEntry> = LpmTrie::pinned(ALLOW_CAPACITY, 0);
+static ALLOW_V4: LpmTrie<[u8; 4], AllowEntry> = LpmTrie::with_max_entries(ALLOW_CAPACITY, 0);
 #[map]
-static ALLOW_V6: LpmTrie<[u8; 16], AllowEntry> = LpmTrie::pinned(ALLOW_CAPACITY, 0);
+static ALLOW_V6: LpmTrie<[u8; 16], AllowEntry> = LpmTrie::with_max_entries(ALLOW_CAPACITY, 0);
 #[map]
-static BAN_V4: HashMap<u32, BanEntry> = HashMap::pinned(BAN_EXACT_CAPACITY, 0);
+static BAN_V4: HashMap<u32, BanEntry> = HashMap::with_max_entries(BAN_EXACT_CAPACITY, 0);
 #[map]
-static BAN_V6: HashMap<[u8; 16], BanEntry> = HashMap::pinned(BAN_EXACT_CAPACITY, 0);
+static BAN_V6: HashMap<[u8; 16], BanEntry> = HashMap::with_max_entries(BAN_EXACT_CAPACITY, 0);
 #[map]
-static BAN_CIDR_V4: LpmTrie<[u8; 4], BanEntry> = LpmTrie::pinned(BAN_CIDR_CAPACITY, 0);
+static BAN_CIDR_V4: LpmTrie<[u8; 4], BanEntry> = LpmTrie::with_max_entries(BAN_CIDR_CAPACITY, 0);
 #[map]
-static BAN_CIDR_V6: LpmTrie<[u8; 16], BanEntry> = LpmTrie::pinned(BAN_CIDR_CAPACITY, 0);
+static BAN_CIDR_V6: LpmTrie<[u8; 16], BanEntry> = LpmTrie::with_max_entries(BAN_CIDR_CAPACITY, 0);
 #[map]
 static SYN_BUCKETS: LruHashMap<[u8; 16], SynBucket> =
-    LruHashMap::pinned(SYN_BUCKETS_CAPACITY, 0);
+    LruHashMap::with_max_entries(SYN_BUCKETS_CAPACITY, 0);
 #[map]
-static LISTEN_PORTS: HashMap<u16, u8> = HashMap::pinned(LISTEN_PORTS_CAPACITY, 0);
+static LISTEN_PORTS: HashMap<u16, u8> = HashMap::with_max_entries(LISTEN_PORTS_CAPACITY, 0);
 #[map]
-static CONFIG: Array<RuntimeConfig> = Array::pinned(1, 0);
+static CONFIG: Array<RuntimeConfig> = Array::with_max_entries(1, 0);
 #[map]
-static COUNTERS: PerCpuArray<u64> = PerCpuArray::pinned(Counter::COUNT, 0);
+static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(Counter::COUNT, 0);
 
 const ETH_HLEN: usize = 14;
 const ETH_P_IPV4: u16 = 0x0800;

@@ -1,45 +1,256 @@
 //! Kernel-level defense: the XDP program's maps seen from userspace, and the
 //! accept-time fallback that applies the same rules when XDP cannot be loaded.
 //!
-//! OWNED BY THE KERNEL-SIDE WORK. The core only relies on this interface:
-//! `Defense::start(&XdpConfig, listen)` never fails (it falls back and says why),
-//! `enforcement()` says which mode is active, `is_blocked(ip)` is the accept-time check.
+//! - [`rules`]: the rule set as plain data (allowlist, exact and CIDR bans,
+//!   monitor mode, expiry) and `judge`, the kernel's decision redone in Rust.
+//!   Sans-IO; it is both the fallback and the mirror that `is_blocked` reads.
+//! - [`xdp`]: loading `gateway-xdp.o`, filling maps, attaching, counters.
+//! - [`iface`]: which interface to attach to when the config names none.
+//!
+//! [`Defense::start`] never fails: when XDP cannot be used it logs exactly why
+//! (with the fix) and the gateway enforces the same list at accept time.
+//! Whatever the mode, `is_blocked` is also checked at accept, because XDP
+//! covers one interface and the listener may be reachable through others.
+
+pub mod iface;
+pub mod rules;
+pub mod xdp;
 
 use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Instant;
+
+use gateway_common::Counter;
+use parking_lot::{Mutex, RwLock};
+
+pub use rules::{IpNet, IpNetError, Judgement, Rule, RuleKind, RuleSet, Table};
+pub use xdp::{KernelPolicy, SynLimit, XdpError};
 
 use crate::config::XdpConfig;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Enforcement {
     /// The XDP program is attached; the kernel drops blacklisted sources.
+    /// `mode` is "native" or "skb".
     Xdp { interface: String, mode: String },
     /// XDP is unavailable; the same list is checked at accept.
     Userspace { reason: String },
 }
 
+impl std::fmt::Display for Enforcement {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Enforcement::Xdp { interface, mode } => write!(f, "xdp on {interface} ({mode} mode)"),
+            Enforcement::Userspace { reason } => write!(f, "userspace accept-time checks ({reason})"),
+        }
+    }
+}
+
+/// Errors a caller of `add`/`remove` can act on.
+#[derive(Debug, thiserror::Error)]
+pub enum DefenseError {
+    #[error("the {table} for IPv{family} is full ({capacity} entries); remove entries or use a CIDR rule")]
+    Full { table: &'static str, family: u8, capacity: usize },
+    #[error(transparent)]
+    Kernel(#[from] XdpError),
+}
+
 pub struct Defense {
     enforcement: Enforcement,
-    blacklist: std::collections::HashSet<IpAddr>,
+    /// Mirror of the kernel maps (or the whole truth in userspace mode).
+    rules: RwLock<RuleSet>,
+    /// Held while a change goes to the kernel, so the mirror and the maps are
+    /// updated in the same order by concurrent callers.
+    kernel: Mutex<Option<xdp::Kernel>>,
+    /// Accept-time judgements, used as the counters in userspace mode.
+    accept_counts: [AtomicU64; Counter::COUNT as usize],
 }
 
 impl Defense {
-    pub fn start(cfg: &XdpConfig, _listen: SocketAddr) -> Defense {
-        Defense {
-            enforcement: Enforcement::Userspace { reason: "XDP loader not built yet".into() },
-            blacklist: cfg.blacklist.iter().copied().collect(),
+    /// Starts with the default kernel policy for the listening port (see
+    /// [`KernelPolicy::for_port`]).
+    pub fn start(cfg: &XdpConfig, listen: SocketAddr) -> Defense {
+        Defense::start_with(cfg, KernelPolicy::for_port(listen.port()), listen)
+    }
+
+    /// Loads and attaches the XDP program per `cfg`, or falls back to
+    /// accept-time checks and says why. Never fails.
+    pub fn start_with(cfg: &XdpConfig, policy: KernelPolicy, listen: SocketAddr) -> Defense {
+        let mut rules = RuleSet::default();
+        rules.monitor = policy.monitor;
+        for ip in &cfg.blacklist {
+            rules.insert(Rule::ban(IpNet::host(*ip)));
         }
+        let (kernel, enforcement) = if cfg.enabled {
+            match Self::start_kernel(cfg, &policy, listen, &rules) {
+                Ok(k) => {
+                    tracing::info!(interface = %k.interface, mode = k.mode, entries = cfg.blacklist.len(), "XDP defense active");
+                    let e = Enforcement::Xdp { interface: k.interface.clone(), mode: k.mode.to_string() };
+                    (Some(k), e)
+                }
+                Err(reason) => {
+                    tracing::warn!(%reason, "XDP defense unavailable; enforcing the blacklist at accept time instead");
+                    (None, Enforcement::Userspace { reason })
+                }
+            }
+        } else {
+            tracing::info!("XDP disabled by xdp.enabled = false; enforcing the blacklist at accept time");
+            (None, Enforcement::Userspace { reason: "disabled by xdp.enabled = false".into() })
+        };
+        Defense {
+            enforcement,
+            rules: RwLock::new(rules),
+            kernel: Mutex::new(kernel),
+            accept_counts: std::array::from_fn(|_| AtomicU64::new(0)),
+        }
+    }
+
+    fn start_kernel(cfg: &XdpConfig, policy: &KernelPolicy, listen: SocketAddr, rules: &RuleSet) -> Result<xdp::Kernel, String> {
+        let interface = match &cfg.interface {
+            Some(i) => i.clone(),
+            None => iface::for_listen_addr(listen.ip()).map_err(|e| e.to_string())?,
+        };
+        let object = xdp::object_path(cfg.object.as_deref());
+        xdp::Kernel::start(&object, &interface, cfg.attach_mode, policy, &rules.rules()).map_err(|e| e.to_string())
     }
 
     pub fn enforcement(&self) -> &Enforcement {
         &self.enforcement
     }
 
-    /// Accept-time check. Cheap; safe to call for every accepted socket.
+    /// Accept-time check: one read lock and a few hash probes. Treats
+    /// `::ffff:a.b.c.d` as `a.b.c.d`.
     pub fn is_blocked(&self, ip: IpAddr) -> bool {
-        let ip = match ip {
-            IpAddr::V6(v6) => v6.to_ipv4_mapped().map(IpAddr::V4).unwrap_or(IpAddr::V6(v6)),
-            v4 => v4,
+        let j = self.rules.read().judge(ip, Instant::now());
+        if matches!(self.enforcement, Enforcement::Userspace { .. }) || j.drop {
+            self.accept_counts[j.reason as usize].fetch_add(1, Ordering::Relaxed);
+            let v = if j.drop { Counter::VerdictDrop } else { Counter::VerdictPass };
+            self.accept_counts[v as usize].fetch_add(1, Ordering::Relaxed);
+        }
+        j.drop
+    }
+
+    /// Bans one address (exact, enforcing, no expiry).
+    pub fn add(&self, ip: IpAddr) -> Result<(), DefenseError> {
+        self.add_rule(Rule::ban(IpNet::host(ip)))
+    }
+
+    /// Lifts an exact ban; `Ok(false)` when there was none.
+    pub fn remove(&self, ip: IpAddr) -> Result<bool, DefenseError> {
+        self.remove_rule(IpNet::host(ip), RuleKind::Ban)
+    }
+
+    /// Exact bans, sorted.
+    pub fn list(&self) -> Vec<IpAddr> {
+        self.rules.read().rules().into_iter().filter(|r| r.kind == RuleKind::Ban && r.net.is_host()).map(|r| r.net.addr()).collect()
+    }
+
+    /// Inserts or replaces an allow/ban rule (exact or CIDR) in the kernel and
+    /// the mirror. A full table is an error, never an eviction.
+    pub fn add_rule(&self, rule: Rule) -> Result<(), DefenseError> {
+        let mut kernel = self.kernel.lock();
+        if self.rules.read().would_overflow(&rule) {
+            let table = Table::of(&rule);
+            let family = if rule.net.addr().is_ipv4() { 4 } else { 6 };
+            return Err(DefenseError::Full { table: table.name(), family, capacity: table.capacity() });
+        }
+        if let Some(k) = kernel.as_mut() {
+            k.insert(&rule)?;
+        }
+        self.rules.write().insert(rule);
+        Ok(())
+    }
+
+    /// Removes the rule for exactly `net` of `kind`; `Ok(false)` if absent.
+    pub fn remove_rule(&self, net: IpNet, kind: RuleKind) -> Result<bool, DefenseError> {
+        let mut kernel = self.kernel.lock();
+        let Some(rule) = self.rules.read().get(&net, kind).copied() else {
+            return Ok(false);
         };
-        self.blacklist.contains(&ip)
+        if let Some(k) = kernel.as_mut() {
+            k.remove(&rule)?;
+        }
+        self.rules.write().remove(&net, kind);
+        Ok(true)
+    }
+
+    /// Every allow and ban rule.
+    pub fn rules(&self) -> Vec<Rule> {
+        self.rules.read().rules()
+    }
+
+    /// Removes expired rules from the mirror and the kernel (they already
+    /// stopped matching; this frees their capacity). Returns how many.
+    pub fn sweep_expired(&self) -> usize {
+        let mut kernel = self.kernel.lock();
+        let dead = self.rules.write().expire(Instant::now());
+        if let Some(k) = kernel.as_mut() {
+            for r in &dead {
+                if let Err(e) = k.remove(r) {
+                    tracing::warn!(rule = %r.net, error = %e, "could not remove an expired rule from the kernel");
+                }
+            }
+        }
+        dead.len()
+    }
+
+    /// Counters by stable name ([`Counter::name`]), in a fixed order. In XDP
+    /// mode: packets judged by the kernel (summed over CPUs). In userspace
+    /// mode: connections judged at accept.
+    pub fn counters(&self) -> Vec<(&'static str, u64)> {
+        let kernel = self.kernel.lock();
+        match kernel.as_ref() {
+            Some(k) => k.counters().into_iter().map(|(c, v)| (c.name(), v)).collect(),
+            None => Counter::ALL.iter().map(|c| (c.name(), self.accept_counts[*c as usize].load(Ordering::Relaxed))).collect(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::AttachMode;
+
+    fn cfg(enabled: bool, blacklist: &[&str]) -> XdpConfig {
+        XdpConfig {
+            enabled,
+            interface: None,
+            attach_mode: AttachMode::Auto,
+            object: Some("/nonexistent/gateway-xdp.o".into()),
+            blacklist: blacklist.iter().map(|s| s.parse().unwrap()).collect(),
+        }
+    }
+
+    #[test]
+    fn missing_object_falls_back_with_reason_and_enforces_at_accept() {
+        let d = Defense::start(&cfg(true, &["192.0.2.1", "2001:db8::1"]), "127.0.0.1:1".parse().unwrap());
+        match d.enforcement() {
+            Enforcement::Userspace { reason } => assert!(reason.contains("not found") && reason.contains("cargo xtask build"), "{reason}"),
+            other => panic!("expected userspace fallback, got {other:?}"),
+        }
+        assert!(d.is_blocked("192.0.2.1".parse().unwrap()));
+        assert!(d.is_blocked("::ffff:192.0.2.1".parse().unwrap()));
+        assert!(d.is_blocked("2001:db8::1".parse().unwrap()));
+        assert!(!d.is_blocked("192.0.2.2".parse().unwrap()));
+        let counts: std::collections::HashMap<_, _> = d.counters().into_iter().collect();
+        assert_eq!(counts["drop_ban_exact"], 3);
+        assert_eq!(counts["pass_no_match"], 1);
+        assert_eq!(counts["verdict_drop"], 3);
+    }
+
+    #[test]
+    fn add_remove_list_in_userspace_mode() {
+        let d = Defense::start(&cfg(false, &[]), "127.0.0.1:1".parse().unwrap());
+        assert!(matches!(d.enforcement(), Enforcement::Userspace { .. }));
+        let ip: IpAddr = "198.51.100.9".parse().unwrap();
+        d.add(ip).unwrap();
+        assert_eq!(d.list(), vec![ip]);
+        assert!(d.is_blocked("::ffff:198.51.100.9".parse().unwrap()));
+        assert!(d.remove(ip).unwrap());
+        assert!(!d.remove(ip).unwrap());
+        assert!(!d.is_blocked(ip));
+        d.add_rule(Rule::ban("198.51.100.0/24".parse().unwrap())).unwrap();
+        assert!(d.is_blocked(ip));
+        assert!(d.list().is_empty(), "list() is exact bans only");
     }
 }
