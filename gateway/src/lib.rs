@@ -19,3 +19,17 @@
 
 pub mod config;
 pub mod defense;
+pub mod api;
+pub mod auth;
+pub mod client;
+pub mod heartbeat;
+pub mod metrics;
+pub mod node;
+pub mod protocol;
+pub mod push;
+pub mod registry;
+pub mod server;
+pub mod session;
+pub mod state;
+pub mod tls;
+pub mod upstream;

@@ -1,1 +1,274 @@
-fn main(){}
+//! The `gateway` command: serve a node, mint dev tokens, run the reference client.
+
+use std::io::Write;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use clap::{Args, Parser, Subcommand};
+use gateway::client::{Client, ClientError, TlsOptions};
+use gateway::config::{Config, Overrides};
+use gateway::protocol::{Code, Message};
+use tokio::io::AsyncBufReadExt;
+
+#[derive(Parser)]
+#[command(name = "gateway", version, about = "IM long-connection edge gateway")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run a gateway node.
+    Serve(ServeArgs),
+    /// Mint a dev token (HS256) from the configured or generated secret.
+    Token(TokenArgs),
+    /// Reference client: log in, heartbeat, print pushes, send lines typed as `<uid> <text>`.
+    Client(ClientArgs),
+    /// Check a config file and print every problem.
+    CheckConfig(ConfigArgs),
+}
+
+/// The keys that change per host; each also reads a `GATEWAY_*` variable.
+#[derive(Args, Clone)]
+struct ConfigArgs {
+    /// TOML config file (built-in defaults when omitted).
+    #[arg(long, short, env = "GATEWAY_CONFIG")]
+    config: Option<PathBuf>,
+    /// TLS listen address (listen.addr).
+    #[arg(long, env = "GATEWAY_LISTEN")]
+    listen: Option<String>,
+    /// Node id (node.id); default: the host name.
+    #[arg(long, env = "GATEWAY_NODE_ID")]
+    node_id: Option<String>,
+    /// Comma-separated etcd endpoints (cluster.etcd_endpoints).
+    #[arg(long, env = "GATEWAY_ETCD_ENDPOINTS", value_delimiter = ',')]
+    etcd_endpoints: Option<Vec<String>>,
+    /// Push API listen address (push_api.listen).
+    #[arg(long, env = "GATEWAY_PUSH_LISTEN")]
+    push_listen: Option<String>,
+    /// State directory (node.state_dir): dev certificate and dev secret.
+    #[arg(long, env = "GATEWAY_STATE_DIR")]
+    state_dir: Option<PathBuf>,
+}
+
+impl ConfigArgs {
+    fn load(&self) -> anyhow::Result<Config> {
+        let o = Overrides {
+            listen: self.listen.clone(),
+            node_id: self.node_id.clone(),
+            etcd_endpoints: self.etcd_endpoints.clone(),
+            push_listen: self.push_listen.clone(),
+            state_dir: self.state_dir.clone(),
+        };
+        Ok(Config::load(self.config.as_deref(), &o)?)
+    }
+}
+
+#[derive(Args)]
+struct ServeArgs {
+    #[command(flatten)]
+    config: ConfigArgs,
+}
+
+#[derive(Args)]
+struct TokenArgs {
+    #[arg(long)]
+    uid: String,
+    #[arg(long)]
+    device: Option<String>,
+    /// Lifetime, e.g. 1h, 30m, 7d.
+    #[arg(long, default_value = "1h")]
+    ttl: String,
+    #[command(flatten)]
+    config: ConfigArgs,
+}
+
+#[derive(Args)]
+struct ClientArgs {
+    /// Gateway address.
+    #[arg(long, default_value = "127.0.0.1:7000")]
+    addr: SocketAddr,
+    /// CA certificate to trust (the dev certificate: <state_dir>/dev-cert.pem).
+    #[arg(long, conflicts_with = "plaintext")]
+    ca: Option<PathBuf>,
+    /// Name to verify in the server certificate.
+    #[arg(long, default_value = "localhost")]
+    server_name: String,
+    /// Connect without TLS (only to a listen.plaintext_addr listener).
+    #[arg(long)]
+    plaintext: bool,
+    /// Token to log in with; or give --uid and let the client mint one from the secret.
+    #[arg(long, env = "GATEWAY_TOKEN")]
+    token: Option<String>,
+    #[arg(long)]
+    uid: Option<String>,
+    #[arg(long)]
+    device: Option<String>,
+    /// Don't acknowledge pushes (to watch push API `wait_ack` time out).
+    #[arg(long)]
+    no_ack: bool,
+    #[command(flatten)]
+    config: ConfigArgs,
+}
+
+fn init_logging(level: &str, json: bool) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("GATEWAY_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level));
+    let b = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    if json {
+        b.json().init();
+    } else {
+        b.init();
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = rt.block_on(async move {
+        match cli.command {
+            Command::Serve(a) => serve(a).await,
+            Command::Token(a) => token(a),
+            Command::Client(a) => client(a).await,
+            Command::CheckConfig(a) => a.load().map(|_| println!("configuration OK")),
+        }
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn serve(a: ServeArgs) -> anyhow::Result<()> {
+    let config = a.config.load()?;
+    init_logging(&config.log.level, config.log.json);
+    let gw = gateway::server::start(config).await.context("starting the gateway")?;
+    if let Some(ca) = &gw.dev_ca_file {
+        eprintln!("dev certificate (trust this in clients): {}", ca.display());
+    }
+    eprintln!("listening: tls={} push_api=http://{}", gw.addr, gw.push_api_addr);
+    wait_for_signal().await?;
+    tracing::info!("signal received, shutting down");
+    gw.shutdown().await;
+    Ok(())
+}
+
+async fn wait_for_signal() -> anyhow::Result<()> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
+    let mut int = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
+    Ok(())
+}
+
+fn secret_for(cfg: &ConfigArgs) -> anyhow::Result<Vec<u8>> {
+    let config = cfg.load()?;
+    let resolved = gateway::state::resolve_secret(&config.auth, &config.node.state_dir)?;
+    match resolved {
+        Some((secret, _)) => Ok(secret),
+        None => bail!("auth.algorithm is not HS256: tokens for RS256/ES256 are minted by your login service, not the gateway"),
+    }
+}
+
+fn token(a: TokenArgs) -> anyhow::Result<()> {
+    gateway::auth::check_id(&a.uid, 255).map_err(|e| anyhow::anyhow!("--uid: {e}"))?;
+    let ttl = gateway::config::parse_duration(&a.ttl).map_err(|e| anyhow::anyhow!("--ttl: {e}"))?;
+    let secret = secret_for(&a.config)?;
+    let t = gateway::auth::mint_hs256(&secret, &a.uid, a.device.as_deref(), ttl)?;
+    println!("{t}");
+    Ok(())
+}
+
+async fn client(a: ClientArgs) -> anyhow::Result<()> {
+    let token = match (&a.token, &a.uid) {
+        (Some(t), _) => t.clone(),
+        (None, Some(uid)) => gateway::auth::mint_hs256(&secret_for(&a.config)?, uid, a.device.as_deref(), Duration::from_secs(3600))?,
+        (None, None) => bail!("give --token, or --uid to mint a dev token from the configured secret"),
+    };
+    let tls = if a.plaintext {
+        None
+    } else {
+        let ca = match &a.ca {
+            Some(c) => c.clone(),
+            None => a.config.load()?.node.state_dir.join(gateway::state::DEV_CERT_FILE),
+        };
+        Some(TlsOptions::from_ca_file(&ca, &a.server_name).with_context(|| format!("loading CA file {}", ca.display()))?)
+    };
+    let mut c = Client::connect(a.addr, tls.as_ref()).await?;
+    let info = c.login(&token).await.map_err(explain)?;
+    eprintln!(
+        "logged in to node {} as session {} (heartbeat every {}s). Type `<uid> <message>` to send.",
+        info.node_id,
+        info.session_id,
+        info.heartbeat.as_secs()
+    );
+    let mut beat = tokio::time::interval(info.heartbeat);
+    beat.tick().await;
+    let mut stdin = tokio::io::BufReader::new(tokio::io::stdin()).lines();
+    let mut stdin_open = true;
+    loop {
+        tokio::select! {
+            _ = beat.tick() => { c.heartbeat().await?; }
+            line = stdin.next_line(), if stdin_open => match line? {
+                None => stdin_open = false,
+                Some(l) => {
+                    let l = l.trim();
+                    if l.is_empty() { continue; }
+                    let (to, text) = l.split_once(' ').unwrap_or((l, ""));
+                    let seq = c.send(Message::Send { to: to.to_string(), payload: text.as_bytes().to_vec().into() }).await?;
+                    eprintln!("sent seq {seq} to {to}");
+                }
+            },
+            msg = c.recv() => {
+                let (seq, msg) = msg.map_err(explain)?;
+                match msg {
+                    Message::Push { push_id, from, payload } => {
+                        let who = if from.is_empty() { "business" } else { from.as_str() };
+                        println!("PUSH {push_id} from {who}: {}", String::from_utf8_lossy(&payload));
+                        let _ = std::io::stdout().flush();
+                        if !a.no_ack { c.send(Message::PushAck { push_id }).await?; }
+                    }
+                    Message::SendAck { code, message, .. } => {
+                        let name = Code::from_u16(code).map_or("unknown", Code::name);
+                        eprintln!("SEND_ACK seq {seq}: {code} {name} {message}");
+                    }
+                    Message::HeartbeatAck => {}
+                    Message::Kick { code, message } => bail!(ClientError::Kicked { code, message }),
+                    Message::Error { code, message } => bail!(ClientError::Refused { code, message }),
+                    Message::Close { code, message } => {
+                        let name = Code::from_u16(code).map_or("unknown", Code::name);
+                        eprintln!("server closed the session: {code} {name} {message}");
+                        return Ok(());
+                    }
+                    Message::Migrate { delay_ms, targets } => {
+                        eprintln!("server asks to migrate to {targets:?} after {delay_ms} ms");
+                    }
+                    other => eprintln!("unexpected {} from the server", other.op().name()),
+                }
+            }
+        }
+    }
+}
+
+fn explain(e: ClientError) -> anyhow::Error {
+    match e {
+        ClientError::Closed => anyhow::anyhow!("the server closed the connection"),
+        other => other.into(),
+    }
+}
