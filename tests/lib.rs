@@ -1,2 +1,3 @@
 //! Test harness shared by the integration tests.
 pub mod netns;
+pub mod harness;
