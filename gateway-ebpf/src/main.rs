@@ -269,8 +269,14 @@ fn ipv6(ctx: &XdpContext, cfg: &RuntimeConfig, off: usize) -> Outcome {
     // Walk the extension headers to the upper-layer protocol (bounded).
     let mut next = h[6];
     let mut l4 = off + IPV6_HLEN;
+    // MAX headers may be walked; the iteration after them must find the
+    // upper-layer protocol, or the chain is too long.
     let mut n = 0;
-    while n < MAX_IPV6_EXT_HEADERS {
+    while n <= MAX_IPV6_EXT_HEADERS {
+        let is_ext = matches!(next, NEXTHDR_HOP | NEXTHDR_ROUTING | NEXTHDR_DEST | NEXTHDR_AUTH | NEXTHDR_FRAGMENT);
+        if is_ext && n == MAX_IPV6_EXT_HEADERS {
+            break;
+        }
         match next {
             NEXTHDR_HOP | NEXTHDR_ROUTING | NEXTHDR_DEST => {
                 let Some(e) = bytes_at::<2>(ctx, l4) else {

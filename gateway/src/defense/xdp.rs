@@ -10,6 +10,7 @@ use std::path::{Path, PathBuf};
 use aya::maps::lpm_trie::{Key, LpmTrie};
 use aya::maps::{Array, HashMap, MapData, MapError, PerCpuArray};
 use aya::programs::{ProgramError, Xdp, XdpMode};
+use aya::{TestRun, TestRunOptions};
 use aya::{Ebpf, EbpfError};
 use gateway_common::{
     AllowEntry, BanEntry, Counter, RuntimeConfig, BAN_FLAG_MONITOR, MAP_ALLOW_V4, MAP_ALLOW_V6,
@@ -37,6 +38,8 @@ pub enum XdpError {
     Map { name: &'static str, source: MapError },
     #[error("the kernel {table} for IPv{family} is full ({capacity} entries); remove entries or use a CIDR rule")]
     Full { table: &'static str, family: u8, capacity: usize },
+    #[error("BPF_PROG_TEST_RUN failed: {0}")]
+    TestRun(ProgramError),
     #[error("kernel map update failed: {0}")]
     Update(MapError),
 }
@@ -174,6 +177,15 @@ fn full_or(e: MapError, table: Table, family: u8) -> XdpError {
 impl Kernel {
     /// Loads `object`, writes `policy` and `rules`, then attaches to `interface`.
     pub fn start(object: &Path, interface: &str, mode: AttachMode, policy: &KernelPolicy, rules: &[Rule]) -> Result<Kernel, XdpError> {
+        let mut k = Kernel::load(object, policy, rules)?;
+        k.mode = k.attach(interface, mode)?;
+        k.interface = interface.to_string();
+        Ok(k)
+    }
+
+    /// Loads and verifies the program and fills its maps, without attaching
+    /// it anywhere: for [`Kernel::test_run`] and for checking an object.
+    pub fn load(object: &Path, policy: &KernelPolicy, rules: &[Rule]) -> Result<Kernel, XdpError> {
         if let Err(source) = std::fs::metadata(object) {
             return Err(XdpError::ObjectMissing { path: object.to_path_buf(), source });
         }
@@ -186,8 +198,8 @@ impl Kernel {
             prog.load().map_err(XdpError::Verify)?;
         }
         let mut k = Kernel {
-            interface: interface.to_string(),
-            mode: "none",
+            interface: String::new(),
+            mode: "detached",
             allow_v4: take(&mut ebpf, MAP_ALLOW_V4)?,
             allow_v6: take(&mut ebpf, MAP_ALLOW_V6)?,
             ban_v4: take(&mut ebpf, MAP_BAN_V4)?,
@@ -203,16 +215,27 @@ impl Kernel {
         for r in rules {
             k.insert(r)?;
         }
-        k.mode = k.attach(interface, mode)?;
         Ok(k)
     }
 
-    fn attach(&mut self, interface: &str, mode: AttachMode) -> Result<&'static str, XdpError> {
-        let prog: &mut Xdp = self
-            .ebpf
+    fn program(&mut self) -> Result<&mut Xdp, XdpError> {
+        self.ebpf
             .program_mut(PROGRAM_NAME)
             .and_then(|p| p.try_into().ok())
-            .ok_or_else(|| XdpError::ProgramMissing { path: PathBuf::from("<loaded object>") })?;
+            .ok_or_else(|| XdpError::ProgramMissing { path: PathBuf::from("<loaded object>") })
+    }
+
+    /// Runs the program once on `frame` (BPF_PROG_TEST_RUN) and returns the
+    /// XDP action (1 = XDP_DROP, 2 = XDP_PASS). Counters and SYN buckets are
+    /// updated exactly as for a received frame.
+    pub fn test_run(&mut self, frame: &[u8]) -> Result<u32, XdpError> {
+        let prog = self.program()?;
+        let opts = TestRunOptions { data_in: Some(frame), ..TestRunOptions::new() };
+        prog.test_run(opts).map(|r| r.return_value).map_err(XdpError::TestRun)
+    }
+
+    fn attach(&mut self, interface: &str, mode: AttachMode) -> Result<&'static str, XdpError> {
+        let prog = self.program()?;
         let try_mode = |prog: &mut Xdp, m: XdpMode, name: &'static str, hint: &'static str| {
             prog.attach(interface, m)
                 .map(|_| name)
