@@ -15,8 +15,13 @@
 //! - [`defense`]: the XDP program's maps and the accept-time fallback.
 //! - [`client`]: the reference client used by tests and `gateway client`.
 //! - [`metrics`]: counters rendered in the Prometheus text format.
+//! - [`abuse`]: detectors (connection rate, packet rate, per-source limits).
+//! - [`bans`]: the ban model, its durable store, etcd replication, enforcement.
+//! - [`admin`]: the admin API for security staff, with its audit log.
 //! - [`tls`] and [`state`]: certificates and the node's state directory.
 
+pub mod abuse;
+pub mod bans;
 pub mod config;
 pub mod defense;
 pub mod api;

@@ -53,6 +53,9 @@ struct ConfigArgs {
     /// State directory (node.state_dir): dev certificate and dev secret.
     #[arg(long, env = "GATEWAY_STATE_DIR")]
     state_dir: Option<PathBuf>,
+    /// Admin API tokens as comma-separated `name:token` pairs (admin.tokens).
+    #[arg(long, env = "GATEWAY_ADMIN_TOKENS", value_delimiter = ',', hide_env_values = true)]
+    admin_tokens: Option<Vec<String>>,
 }
 
 impl ConfigArgs {
@@ -63,6 +66,7 @@ impl ConfigArgs {
             etcd_endpoints: self.etcd_endpoints.clone(),
             push_listen: self.push_listen.clone(),
             state_dir: self.state_dir.clone(),
+            admin_tokens: self.admin_tokens.clone(),
         };
         Ok(Config::load(self.config.as_deref(), &o)?)
     }

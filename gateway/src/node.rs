@@ -8,7 +8,9 @@ use parking_lot::Mutex;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::abuse::Abuse;
 use crate::auth::Verifier;
+use crate::bans::Bans;
 use crate::config::Config;
 use crate::defense::Defense;
 use crate::heartbeat::{Clock, Wheel};
@@ -31,6 +33,10 @@ pub struct Node {
     pub acks: AckWaiters,
     pub upstream: Upstream,
     pub defense: Defense,
+    /// Per-source abuse detectors consulted at accept.
+    pub abuse: Abuse,
+    /// The ban store; its changes drive `defense` and kick sessions.
+    pub bans: Bans,
     /// Cancelled once when the node starts shutting down.
     pub shutdown: CancellationToken,
     /// Every connection task, so shutdown can wait for them.
@@ -53,6 +59,8 @@ impl Node {
             acks: AckWaiters::default(),
             upstream,
             defense,
+            abuse: Abuse::new(&config.abuse),
+            bans: Bans::new(&config.bans, !config.cluster.etcd_endpoints.is_empty()),
             shutdown: CancellationToken::new(),
             tasks: TaskTracker::new(),
             next_push_id: AtomicU64::new(start.max(1)),

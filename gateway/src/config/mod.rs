@@ -49,6 +49,9 @@ pub struct Overrides {
     pub etcd_endpoints: Option<Vec<String>>,
     pub push_listen: Option<String>,
     pub state_dir: Option<PathBuf>,
+    /// `name:token` pairs for the admin API (`GATEWAY_ADMIN_TOKENS`); added
+    /// to `admin.tokens`, so secrets can stay out of the file.
+    pub admin_tokens: Option<Vec<String>>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -88,6 +91,9 @@ pub struct Config {
     pub cluster: ClusterConfig,
     pub shutdown: ShutdownConfig,
     pub log: LogConfig,
+    pub abuse: AbuseConfig,
+    pub bans: BansConfig,
+    pub admin: AdminConfig,
 }
 
 #[derive(Debug, Clone)]
@@ -190,6 +196,62 @@ pub struct ShutdownConfig {
 pub struct LogConfig {
     pub level: String,
     pub json: bool,
+}
+
+/// Abuse detectors (see `crate::abuse` and `docs/config.md`).
+#[derive(Debug, Clone)]
+pub struct AbuseConfig {
+    /// Per-source detectors (rate, concurrency, pre-login). The global cap
+    /// (`listen.max_connections`) and per-connection packet rate always apply.
+    pub enabled: bool,
+    pub conn_rate: u32,
+    pub conn_rate_window: Duration,
+    pub auto_ban_ttl: Duration,
+    /// `Monitor` records auto-bans without enforcing them (a dry run).
+    pub auto_ban_mode: crate::bans::BanMode,
+    pub packet_rate: u32,
+    pub packet_rate_window: Duration,
+    pub packet_rate_strikes: u32,
+    pub max_conns_per_source: u32,
+    pub max_prelogin_per_source: u32,
+    /// IPv6 sources are counted (and auto-banned) per prefix of this length:
+    /// one host usually owns a whole /64.
+    pub ipv6_prefix: u8,
+    /// Never auto-banned nor limited per source (staff bans still apply).
+    pub allowlist: Vec<crate::defense::IpNet>,
+    pub max_tracked_sources: usize,
+}
+
+/// The ban store (see `crate::bans`).
+#[derive(Debug, Clone)]
+pub struct BansConfig {
+    /// Default `<node.state_dir>/bans.json`.
+    pub file: PathBuf,
+    pub max_entries: usize,
+    /// Close live connections from a newly banned address or network.
+    pub close_live_connections: bool,
+    /// etcd key prefix for replicated bans.
+    pub etcd_prefix: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AdminToken {
+    /// Who, in the audit log.
+    pub name: String,
+    pub token: String,
+}
+
+/// The admin API for security staff (see `crate::admin`, `docs/admin-api.md`).
+#[derive(Debug, Clone)]
+pub struct AdminConfig {
+    pub enabled: bool,
+    pub listen: SocketAddr,
+    pub tokens: Vec<AdminToken>,
+    /// Default `<node.state_dir>/audit.log`.
+    pub audit_file: PathBuf,
+    pub audit_max_bytes: u64,
+    pub max_body_bytes: usize,
+    pub max_bulk: usize,
 }
 
 impl Config {

@@ -20,6 +20,9 @@ pub struct RawConfig {
     pub cluster: RawCluster,
     pub shutdown: RawShutdown,
     pub log: RawLog,
+    pub abuse: RawAbuse,
+    pub bans: RawBans,
+    pub admin: RawAdmin,
 }
 
 impl Default for RawConfig {
@@ -37,6 +40,9 @@ impl Default for RawConfig {
             cluster: RawCluster::default(),
             shutdown: RawShutdown::default(),
             log: RawLog::default(),
+            abuse: RawAbuse::default(),
+            bans: RawBans::default(),
+            admin: RawAdmin::default(),
         }
     }
 }
@@ -220,6 +226,102 @@ pub struct RawLog {
 impl Default for RawLog {
     fn default() -> Self {
         RawLog { level: "info".into(), format: "text".into() }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawAbuse {
+    pub enabled: bool,
+    pub conn_rate: u32,
+    pub conn_rate_window: String,
+    pub auto_ban_ttl: String,
+    pub auto_ban_mode: String,
+    pub packet_rate: u32,
+    pub packet_rate_window: String,
+    pub packet_rate_strikes: u32,
+    pub max_conns_per_source: u32,
+    pub max_prelogin_per_source: u32,
+    pub ipv6_prefix: u8,
+    pub allowlist: Vec<String>,
+    pub max_tracked_sources: usize,
+}
+impl Default for RawAbuse {
+    fn default() -> Self {
+        RawAbuse {
+            enabled: true,
+            // The design article's figures: 100 connections/s per IP, 100 packets/s per connection.
+            conn_rate: 100,
+            conn_rate_window: "1s".into(),
+            // Long enough to stop a reconnect loop, short enough that a NAT
+            // shared with an attacker recovers without staff action.
+            auto_ban_ttl: "10m".into(),
+            auto_ban_mode: "enforce".into(),
+            packet_rate: 100,
+            packet_rate_window: "1s".into(),
+            // Three bad seconds: a burst is forgiven, a sustained flood is not.
+            packet_rate_strikes: 3,
+            // Carrier-grade NAT puts many users behind one address.
+            max_conns_per_source: 1000,
+            max_prelogin_per_source: 200,
+            ipv6_prefix: 64,
+            allowlist: Vec::new(),
+            // ~48 bytes each: a few MB at most.
+            max_tracked_sources: 65_536,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawBans {
+    pub file: String,
+    pub max_entries: usize,
+    pub close_live_connections: bool,
+    pub etcd_prefix: String,
+}
+impl Default for RawBans {
+    fn default() -> Self {
+        RawBans {
+            file: String::new(),
+            // The kernel's exact-ban map holds 65,536 per family.
+            max_entries: 65_536,
+            close_live_connections: true,
+            etcd_prefix: "/gateway/bans/".into(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawAdminToken {
+    pub name: String,
+    pub token: String,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawAdmin {
+    pub enabled: bool,
+    pub listen: String,
+    pub tokens: Vec<RawAdminToken>,
+    pub audit_file: String,
+    pub audit_max_bytes: u64,
+    pub max_body_bytes: usize,
+    pub max_bulk: usize,
+}
+impl Default for RawAdmin {
+    fn default() -> Self {
+        RawAdmin {
+            enabled: true,
+            // Loopback: bans are powerful, and without tokens the API is open.
+            listen: "127.0.0.1:7081".into(),
+            tokens: Vec::new(),
+            audit_file: String::new(),
+            audit_max_bytes: 64 * 1024 * 1024,
+            max_body_bytes: 1024 * 1024,
+            max_bulk: 1000,
+        }
     }
 }
 
@@ -437,6 +539,10 @@ impl RawConfig {
             c.err("log.level", format!("{:?} is not a valid filter (e.g. \"info\" or \"gateway=debug\")", r.log.level));
         }
 
+        let abuse = validate_abuse(&mut c, &r.abuse);
+        let bans = validate_bans(&mut c, &r.bans, &state_dir);
+        let admin = validate_admin(&mut c, r.admin, o, &state_dir);
+
         if !c.errors.is_empty() {
             return Err(c.errors);
         }
@@ -481,7 +587,122 @@ impl RawConfig {
             },
             shutdown: ShutdownConfig { grace: shutdown_grace },
             log: LogConfig { level: r.log.level, json },
+            abuse,
+            bans,
+            admin,
         })
+    }
+}
+
+fn validate_abuse(c: &mut Check, r: &RawAbuse) -> AbuseConfig {
+    // A zero limit would refuse everyone; "off" is `abuse.enabled = false`.
+    for (key, v) in [
+        ("abuse.conn_rate", r.conn_rate),
+        ("abuse.packet_rate", r.packet_rate),
+        ("abuse.packet_rate_strikes", r.packet_rate_strikes),
+        ("abuse.max_conns_per_source", r.max_conns_per_source),
+        ("abuse.max_prelogin_per_source", r.max_prelogin_per_source),
+    ] {
+        c.at_least(key, v as usize, 1);
+    }
+    if r.max_prelogin_per_source > r.max_conns_per_source {
+        c.err("abuse.max_prelogin_per_source", "must not exceed abuse.max_conns_per_source");
+    }
+    let conn_rate_window = c.positive_duration("abuse.conn_rate_window", &r.conn_rate_window);
+    let packet_rate_window = c.positive_duration("abuse.packet_rate_window", &r.packet_rate_window);
+    let auto_ban_ttl = c.positive_duration("abuse.auto_ban_ttl", &r.auto_ban_ttl);
+    let auto_ban_mode = match r.auto_ban_mode.trim().parse::<crate::bans::BanMode>() {
+        Ok(m) => m,
+        Err(e) => {
+            c.err("abuse.auto_ban_mode", e);
+            crate::bans::BanMode::Enforce
+        }
+    };
+    if !(1..=128).contains(&r.ipv6_prefix) {
+        c.err("abuse.ipv6_prefix", format!("{} must be between 1 and 128 (default 64: one host usually owns a /64)", r.ipv6_prefix));
+    }
+    let mut allowlist = Vec::new();
+    for (i, entry) in r.allowlist.iter().enumerate() {
+        match entry.parse::<crate::defense::IpNet>() {
+            Ok(n) => allowlist.push(n),
+            Err(e) => c.err(&format!("abuse.allowlist[{i}]"), e.to_string()),
+        }
+    }
+    c.at_least("abuse.max_tracked_sources", r.max_tracked_sources, 16);
+    AbuseConfig {
+        enabled: r.enabled,
+        conn_rate: r.conn_rate,
+        conn_rate_window,
+        auto_ban_ttl,
+        auto_ban_mode,
+        packet_rate: r.packet_rate,
+        packet_rate_window,
+        packet_rate_strikes: r.packet_rate_strikes,
+        max_conns_per_source: r.max_conns_per_source,
+        max_prelogin_per_source: r.max_prelogin_per_source,
+        ipv6_prefix: r.ipv6_prefix,
+        allowlist,
+        max_tracked_sources: r.max_tracked_sources,
+    }
+}
+
+fn validate_bans(c: &mut Check, r: &RawBans, state_dir: &Path) -> BansConfig {
+    c.at_least("bans.max_entries", r.max_entries, 1);
+    let prefix = r.etcd_prefix.trim();
+    if !prefix.starts_with('/') || !prefix.ends_with('/') || prefix.len() < 3 {
+        c.err("bans.etcd_prefix", format!("{prefix:?}: expected a key prefix such as \"/gateway/bans/\""));
+    }
+    BansConfig {
+        file: Check::optional_path(&r.file).unwrap_or_else(|| state_dir.join("bans.json")),
+        max_entries: r.max_entries,
+        close_live_connections: r.close_live_connections,
+        etcd_prefix: prefix.to_string(),
+    }
+}
+
+fn validate_admin(c: &mut Check, r: RawAdmin, o: &Overrides, state_dir: &Path) -> AdminConfig {
+    let listen = c.socket_addr("admin.listen", &r.listen);
+    let mut tokens: Vec<(String, AdminToken)> =
+        r.tokens.into_iter().enumerate().map(|(i, t)| (format!("admin.tokens[{i}]"), AdminToken { name: t.name, token: t.token })).collect();
+    for (i, pair) in o.admin_tokens.iter().flatten().enumerate() {
+        match pair.split_once(':') {
+            Some((name, token)) => tokens.push((format!("GATEWAY_ADMIN_TOKENS[{i}]"), AdminToken { name: name.into(), token: token.into() })),
+            None => c.err(&format!("GATEWAY_ADMIN_TOKENS[{i}]"), "expected name:token"),
+        }
+    }
+    let mut names = std::collections::HashSet::new();
+    let mut secrets = std::collections::HashSet::new();
+    for (key, t) in &tokens {
+        if t.name.is_empty() || t.name.len() > 64 || !t.name.chars().all(|ch| ch.is_ascii_alphanumeric() || "-_.@".contains(ch)) {
+            c.err(key, format!("name {:?}: use 1-64 characters from [A-Za-z0-9._@-] (it is written to the audit log)", t.name));
+        }
+        if t.token.len() < 16 {
+            c.err(key, format!("token for {:?} must be at least 16 bytes (generate one with `openssl rand -hex 24`)", t.name));
+        }
+        if !names.insert(t.name.clone()) {
+            c.err(key, format!("duplicate token name {:?}: the audit log could not tell them apart", t.name));
+        }
+        if !secrets.insert(t.token.clone()) {
+            c.err(key, "duplicate token: each person gets their own");
+        }
+    }
+    if r.enabled && tokens.is_empty() && !listen.ip().is_loopback() {
+        c.err(
+            "admin.tokens",
+            format!("admin.listen {listen} is not loopback, so at least one token is required (or set admin.listen to 127.0.0.1)"),
+        );
+    }
+    c.at_least("admin.max_body_bytes", r.max_body_bytes, 1024);
+    c.at_least("admin.max_bulk", r.max_bulk, 1);
+    c.at_least("admin.audit_max_bytes", r.audit_max_bytes as usize, 4096);
+    AdminConfig {
+        enabled: r.enabled,
+        listen,
+        tokens: tokens.into_iter().map(|(_, t)| t).collect(),
+        audit_file: Check::optional_path(&r.audit_file).unwrap_or_else(|| state_dir.join("audit.log")),
+        audit_max_bytes: r.audit_max_bytes,
+        max_body_bytes: r.max_body_bytes,
+        max_bulk: r.max_bulk,
     }
 }
 

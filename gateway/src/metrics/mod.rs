@@ -78,10 +78,10 @@ pub struct Metrics {
     pub connections_prelogin: Gauge,
     pub connections_accepted: Counter,
     /// Sockets closed at accept, by reason.
-    pub connections_refused: Labeled<4>,
+    pub connections_refused: Labeled<7>,
     pub accept_errors: Counter,
     pub tls_handshake_failures: Counter,
-    pub logins: Labeled<8>,
+    pub logins: Labeled<9>,
     pub heartbeats: Counter,
     pub heartbeat_timeouts: Counter,
     pub pushes: Labeled<8>,
@@ -89,7 +89,15 @@ pub struct Metrics {
     pub frames_rejected: Labeled<8>,
     pub slow_consumer_disconnects: Counter,
     pub sends: Labeled<8>,
-    pub kicks: Labeled<3>,
+    pub kicks: Labeled<4>,
+    /// Detector verdicts by detector name (see `crate::abuse::detector`).
+    pub abuse_hits: Labeled<7>,
+    /// Bans made by detectors.
+    pub auto_bans: Counter,
+    /// Ban changes that could not be applied to the kernel or saved.
+    pub ban_apply_errors: Counter,
+    /// Refusals at the global cap that got a "busy" reply (vs. a bare close).
+    pub busy_replies: Counter,
 }
 
 impl Default for Metrics {
@@ -98,12 +106,12 @@ impl Default for Metrics {
             connections_open: Gauge::default(),
             connections_prelogin: Gauge::default(),
             connections_accepted: Counter::default(),
-            connections_refused: Labeled::new("reason", ["blacklisted", "capacity", "shutting_down", "other"]),
+            connections_refused: Labeled::new("reason", ["blacklisted", "capacity", "conn_rate", "per_source_open", "per_source_prelogin", "shutting_down", "other"]),
             accept_errors: Counter::default(),
             tls_handshake_failures: Counter::default(),
             logins: Labeled::new(
                 "result",
-                ["ok", "token_invalid", "token_expired", "bad_identity", "duplicate_session", "timeout", "protocol", "other"],
+                ["ok", "token_invalid", "token_expired", "bad_identity", "duplicate_session", "timeout", "protocol", "banned", "other"],
             ),
             heartbeats: Counter::default(),
             heartbeat_timeouts: Counter::default(),
@@ -118,7 +126,14 @@ impl Default for Metrics {
                 "result",
                 ["ok", "target_offline", "target_slow", "upstream_error", "upstream_timeout", "upstream_busy", "rejected", "other"],
             ),
-            kicks: Labeled::new("reason", ["duplicate_login", "kicked_by_admin", "other"]),
+            kicks: Labeled::new("reason", ["duplicate_login", "kicked_by_admin", "banned", "other"]),
+            abuse_hits: Labeled::new(
+                "detector",
+                ["conn_rate", "per_source_open", "per_source_prelogin", "global_cap", "packet_rate_drop", "packet_rate_disconnect", "other"],
+            ),
+            auto_bans: Counter::default(),
+            ban_apply_errors: Counter::default(),
+            busy_replies: Counter::default(),
         }
     }
 }
@@ -154,6 +169,10 @@ impl Metrics {
         );
         self.sends.render(&mut o, "gateway_sends_total", "Client SEND frames by result.");
         self.kicks.render(&mut o, "gateway_kicks_total", "Sessions kicked, by reason.");
+        self.abuse_hits.render(&mut o, "gateway_abuse_hits_total", "Abuse detector verdicts (refusals, drops, disconnects), by detector.");
+        counter(&mut o, "gateway_auto_bans_total", "Bans made by detectors.", self.auto_bans.get());
+        counter(&mut o, "gateway_ban_apply_errors_total", "Ban changes not applied to the kernel or not saved.", self.ban_apply_errors.get());
+        counter(&mut o, "gateway_busy_replies_total", "Connections refused at listen.max_connections with a busy reply.", self.busy_replies.get());
         o.push_str(extra);
         o
     }

@@ -1,0 +1,167 @@
+//! The ban store's background tasks: writing the file, expiring bans, and
+//! replicating through etcd.
+//!
+//! Replication, per connection to etcd:
+//! 1. push local changes made while disconnected (`pending`),
+//! 2. read the full list and make the local set equal to it (pending
+//!    targets excepted),
+//! 3. watch from that revision, applying every event, and push each new
+//!    local change as it happens.
+//!
+//! Any error ends the round; the node keeps enforcing its last-known set and
+//! retries with backoff. Local changes always apply locally first, so a ban
+//! made while etcd is down takes effect at once and reaches the cluster later.
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use super::replica::{Kv, KvError, KvEvent};
+use super::Target;
+use crate::node::Node;
+
+const SWEEP_EVERY: Duration = Duration::from_millis(250);
+const RETRY_MIN: Duration = Duration::from_millis(200);
+const RETRY_MAX: Duration = Duration::from_secs(5);
+
+/// Write the file whenever something changed (coalescing bursts).
+pub async fn persister(node: Arc<Node>) {
+    loop {
+        tokio::select! {
+            _ = node.bans.dirty.notified() => {}
+            _ = node.shutdown.cancelled() => break,
+        }
+        // A burst of auto-bans becomes one write.
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        if let Err(e) = node.bans.persist().await {
+            node.metrics.ban_apply_errors.inc();
+            tracing::error!(error = %e, "could not save the ban list; bans are enforced but would not survive a restart");
+        }
+    }
+    // Last write on the way out.
+    if let Err(e) = node.bans.persist().await {
+        tracing::error!(error = %e, "could not save the ban list at shutdown");
+    }
+}
+
+/// Lift expired bans on this node's clock.
+pub async fn sweeper(node: Arc<Node>) {
+    let mut tick = tokio::time::interval(SWEEP_EVERY);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = node.shutdown.cancelled() => return,
+        }
+        node.bans.sweep(&node, SystemTime::now());
+        // Also frees kernel capacity held by expired rules that are not ours
+        // (the static list has no expiry, so this only touches our rules).
+        node.defense.sweep_expired();
+    }
+}
+
+/// Replicate through `kv` until shutdown.
+pub async fn replicate(node: Arc<Node>, kv: Arc<dyn Kv>) {
+    let mut backoff = RETRY_MIN;
+    let mut logged_down = false;
+    loop {
+        let round = tokio::select! {
+            r = round(&node, kv.as_ref(), &mut backoff) => r,
+            _ = node.shutdown.cancelled() => return,
+        };
+        node.bans.set_etcd_connected(false);
+        if let Err(e) = round {
+            if !logged_down || !matches!(e, KvError::Unreachable(_)) {
+                tracing::warn!(error = %e, unsynced = node.bans.unsynced(), "ban replication interrupted; retrying");
+            }
+            logged_down = matches!(e, KvError::Unreachable(_));
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(backoff) => {}
+            _ = node.shutdown.cancelled() => return,
+        }
+        backoff = (backoff * 2).min(RETRY_MAX);
+    }
+}
+
+async fn round(node: &Node, kv: &dyn Kv, backoff: &mut Duration) -> Result<(), KvError> {
+    let bans = &node.bans;
+    let prefix = bans.config().etcd_prefix.clone();
+    flush(node, kv).await?;
+    let listing = kv.list(&prefix).await?;
+    let mut remote = Vec::with_capacity(listing.kvs.len());
+    for (key, value) in &listing.kvs {
+        match serde_json::from_slice::<super::Ban>(value) {
+            Ok(b) => remote.push(b),
+            Err(e) => tracing::warn!(%key, error = %e, "ignoring an unreadable ban in etcd"),
+        }
+    }
+    bans.apply_listing(node, remote);
+    let mut watch = kv.watch(&prefix, listing.revision).await?;
+    bans.set_etcd_connected(true);
+    *backoff = RETRY_MIN;
+    tracing::info!(bans = bans.len(), revision = listing.revision, "ban store in sync with etcd");
+    // Changes made between the flush and the watch are pushed now.
+    flush(node, kv).await?;
+    loop {
+        tokio::select! {
+            events = watch.recv() => match events {
+                Some(Ok(events)) => {
+                    for ev in events {
+                        apply_event(node, ev);
+                    }
+                }
+                Some(Err(e)) => return Err(e),
+                None => return Err(KvError::Unreachable("watch ended".into())),
+            },
+            _ = bans.pending_changed.notified() => flush(node, kv).await?,
+        }
+    }
+}
+
+fn apply_event(node: &Node, ev: KvEvent) {
+    let bans = &node.bans;
+    match ev {
+        KvEvent::Put { key, value } => {
+            let Some(target) = bans.target_of(&key) else { return };
+            match serde_json::from_slice::<super::Ban>(&value) {
+                Ok(ban) if ban.target == target => bans.apply_remote(node, &target, Some(ban)),
+                Ok(_) => tracing::warn!(%key, "ignoring a ban whose key and target disagree"),
+                Err(e) => tracing::warn!(%key, error = %e, "ignoring an unreadable ban in etcd"),
+            }
+        }
+        KvEvent::Delete { key } => {
+            if let Some(target) = bans.target_of(&key) {
+                bans.apply_remote(node, &target, None);
+            }
+        }
+    }
+}
+
+/// Write every pending local change to etcd.
+async fn flush(node: &Node, kv: &dyn Kv) -> Result<(), KvError> {
+    let bans = &node.bans;
+    let pending = bans.pending_snapshot();
+    if pending.is_empty() {
+        return Ok(());
+    }
+    let now = SystemTime::now();
+    for (target, gen, ban) in pending {
+        let key = bans.key(&target);
+        match ban {
+            Some(ban) if ban.live(now) => {
+                let value = serde_json::to_vec(&ban).map_err(|e| KvError::Protocol(e.to_string()))?;
+                kv.put(&key, value, ban.remaining(now)).await?;
+            }
+            // Removed (or already expired) here: remove it there.
+            _ => kv.delete(&key).await?,
+        }
+        bans.synced(&target, gen);
+    }
+    bans.dirty.notify_one();
+    Ok(())
+}
+
+/// For tests and tools: the key under which `target` is stored.
+pub fn key_for(prefix: &str, target: &Target) -> String {
+    format!("{prefix}{target}")
+}
