@@ -190,31 +190,45 @@ fn gateway_binary_enforces_static_blacklist_with_xdp() {
             }
         });
     }
-    let deadline = Instant::now() + Duration::from_secs(20);
-    let mut log = Vec::new();
-    let mut up = false;
-    while Instant::now() < deadline {
-        while let Ok(line) = rx.try_recv() {
-            log.push(line);
-        }
+    // The listener may be up a moment before the program is attached, so
+    // wait for the defense's own word first; a fallback is a failure here.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut log: Vec<String> = Vec::new();
+    let active = loop {
+        assert!(Instant::now() < deadline, "gateway never reported XDP as active; output:\n{}", log.join("\n"));
         if let Ok(Some(status)) = child.0.try_wait() {
             panic!("gateway exited early with {status}; output:\n{}", log.join("\n"));
         }
+        match rx.recv_timeout(Duration::from_millis(200)) {
+            Ok(line) => {
+                let found = line.contains("XDP defense active");
+                let fell_back = line.contains("XDP defense unavailable");
+                log.push(line);
+                if found {
+                    break log.last().cloned().unwrap_or_default();
+                }
+                assert!(!fell_back, "gateway fell back to userspace checks; output:\n{}", log.join("\n"));
+            }
+            Err(_) => continue,
+        }
+    };
+    assert!(active.contains(&pair.server_if), "XDP should be on {} (owner of {listen}): {active}", pair.server_if);
+    assert!(active.contains("native"), "veth supports native XDP, auto mode should pick it: {active}");
+
+    let mut up = false;
+    while Instant::now() < deadline {
         if connect(&pair, GOOD_V4, listen, Duration::from_millis(500)).is_ok() {
             up = true;
             break;
         }
         std::thread::sleep(Duration::from_millis(100));
     }
-    assert!(up, "gateway never accepted on {listen} from {GOOD_V4}; output:\n{}", log.join("\n"));
-    assert_dropped(&pair, BAD_V4, listen, "static xdp.blacklist in the config file");
-    assert_connects(&pair, GOOD_V4, listen, "not blacklisted");
-    std::thread::sleep(Duration::from_millis(200));
     while let Ok(line) = rx.try_recv() {
         log.push(line);
     }
-    let active = log.iter().any(|l| l.contains("XDP defense active") && l.contains(&pair.server_if));
-    assert!(active, "gateway should log that XDP is active on {}; output:\n{}", pair.server_if, log.join("\n"));
+    assert!(up, "gateway never accepted on {listen} from {GOOD_V4}; output:\n{}", log.join("\n"));
+    assert_dropped(&pair, BAD_V4, listen, "static xdp.blacklist in the config file");
+    assert_connects(&pair, GOOD_V4, listen, "not blacklisted");
     drop(child);
     let _ = std::fs::remove_dir_all(&state);
 }

@@ -111,7 +111,8 @@ fn main() -> Result<()> {
             prereqs::ensure(&root)?;
             let a = build(release)?;
             let mut c = cmd::cargo(&root);
-            c.args(["test", "--workspace"]);
+            // --no-fail-fast: one failing crate must not hide the results of the others.
+            c.args(["test", "--workspace", "--no-fail-fast"]);
             if release {
                 c.arg("--release");
             }
