@@ -6,6 +6,8 @@
 //!   Sans-IO; it is both the fallback and the mirror that `is_blocked` reads.
 //! - [`xdp`]: loading `gateway-xdp.o`, filling maps, attaching, counters.
 //! - [`iface`]: which interface to attach to when the config names none.
+//! - [`syn_limit`]: the SYN token bucket redone per accepted connection, for
+//!   the fallback.
 //!
 //! [`Defense::start`] never fails: when XDP cannot be used it logs exactly why
 //! (with the fix) and the gateway enforces the same list at accept time.
@@ -14,6 +16,7 @@
 
 pub mod iface;
 pub mod rules;
+pub mod syn_limit;
 pub mod xdp;
 
 use std::net::{IpAddr, SocketAddr};
@@ -64,6 +67,8 @@ pub struct Defense {
     kernel: Mutex<Option<xdp::Kernel>>,
     /// Accept-time judgements, used as the counters in userspace mode.
     accept_counts: [AtomicU64; Counter::COUNT as usize],
+    /// Userspace mode only: the SYN limiter, one token per accepted connection.
+    syn: Mutex<Option<syn_limit::SourceBuckets>>,
 }
 
 impl Defense {
@@ -97,11 +102,16 @@ impl Defense {
             tracing::info!("XDP disabled by xdp.enabled = false; enforcing the blacklist at accept time");
             (None, Enforcement::Userspace { reason: "disabled by xdp.enabled = false".into() })
         };
+        let syn = match (&kernel, policy.syn_limit) {
+            (None, Some(limit)) => Some(syn_limit::SourceBuckets::new(limit, gateway_common::SYN_BUCKETS_CAPACITY as usize)),
+            _ => None,
+        };
         Defense {
             enforcement,
             rules: RwLock::new(rules),
             kernel: Mutex::new(kernel),
             accept_counts: std::array::from_fn(|_| AtomicU64::new(0)),
+            syn: Mutex::new(syn),
         }
     }
 
@@ -121,13 +131,47 @@ impl Defense {
     /// Accept-time check: one read lock and a few hash probes. Treats
     /// `::ffff:a.b.c.d` as `a.b.c.d`.
     pub fn is_blocked(&self, ip: IpAddr) -> bool {
-        let j = self.rules.read().judge(ip, Instant::now());
-        if matches!(self.enforcement, Enforcement::Userspace { .. }) || j.drop {
+        let now = Instant::now();
+        let (mut j, monitor) = {
+            let rules = self.rules.read();
+            (rules.judge(ip, now), rules.monitor)
+        };
+        let userspace = matches!(self.enforcement, Enforcement::Userspace { .. });
+        if userspace && !j.drop && j.reason != Counter::PassAllowlist {
+            // The kernel's L4 stage: one connection = one SYN.
+            if let Some(b) = self.syn.lock().as_mut() {
+                if !b.take(ip, now) {
+                    j = if monitor {
+                        Judgement { drop: false, reason: Counter::MonitorSynRate }
+                    } else {
+                        Judgement { drop: true, reason: Counter::DropSynRate }
+                    };
+                }
+            }
+        }
+        if userspace || j.drop {
             self.accept_counts[j.reason as usize].fetch_add(1, Ordering::Relaxed);
             let v = if j.drop { Counter::VerdictDrop } else { Counter::VerdictPass };
             self.accept_counts[v as usize].fetch_add(1, Ordering::Relaxed);
         }
         j.drop
+    }
+
+    /// Changes the global knobs (monitor, fragment/malformed verdicts, SYN
+    /// limit, listening ports) in the kernel and the fallback alike.
+    pub fn set_policy(&self, policy: KernelPolicy) -> Result<(), DefenseError> {
+        let mut kernel = self.kernel.lock();
+        if let Some(k) = kernel.as_mut() {
+            k.set_policy(&policy)?;
+        } else {
+            let mut syn = self.syn.lock();
+            let same = syn.as_ref().map(|b| b.limit()) == policy.syn_limit;
+            if !same {
+                *syn = policy.syn_limit.map(|l| syn_limit::SourceBuckets::new(l, gateway_common::SYN_BUCKETS_CAPACITY as usize));
+            }
+        }
+        self.rules.write().monitor = policy.monitor;
+        Ok(())
     }
 
     /// Bans one address (exact, enforcing, no expiry).
@@ -252,5 +296,23 @@ mod tests {
         d.add_rule(Rule::ban("198.51.100.0/24".parse().unwrap())).unwrap();
         assert!(d.is_blocked(ip));
         assert!(d.list().is_empty(), "list() is exact bans only");
+    }
+
+    #[test]
+    fn fallback_applies_syn_limit_and_monitor() {
+        let policy = KernelPolicy { syn_limit: Some(SynLimit { rate_per_sec: 1, burst: 2 }), ..KernelPolicy::for_port(1) };
+        let d = Defense::start_with(&cfg(false, &[]), policy.clone(), "127.0.0.1:1".parse().unwrap());
+        let ip: IpAddr = "203.0.113.5".parse().unwrap();
+        assert!(!d.is_blocked(ip) && !d.is_blocked(ip));
+        assert!(d.is_blocked(ip), "third connection within the burst window is over the limit");
+        d.add_rule(Rule::allow(IpNet::host(ip))).unwrap();
+        assert!(!d.is_blocked(ip), "allowlisted sources are never limited");
+        d.remove_rule(IpNet::host(ip), RuleKind::Allow).unwrap();
+        d.set_policy(KernelPolicy { monitor: true, ..policy }).unwrap();
+        assert!(!d.is_blocked(ip), "monitor mode passes would-drops");
+        let counts: std::collections::HashMap<_, _> = d.counters().into_iter().collect();
+        assert_eq!(counts["drop_syn_rate"], 1);
+        assert_eq!(counts["monitor_syn_rate"], 1);
+        assert_eq!(counts["pass_allowlist"], 1);
     }
 }
