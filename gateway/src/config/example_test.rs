@@ -41,7 +41,7 @@ fn example_config_spot_checks() {
 #[test]
 fn example_config_names_every_section() {
     let table: toml::Table = EXAMPLE.parse().expect("valid TOML");
-    for section in ["node", "listen", "tls", "auth", "session", "heartbeat", "push_api", "upstream", "xdp", "cluster", "shutdown", "log"] {
+    for section in ["node", "listen", "tls", "auth", "session", "heartbeat", "push_api", "upstream", "xdp", "cluster", "shutdown", "log", "abuse", "bans", "admin"] {
         assert!(table.contains_key(section), "config/gateway.toml lacks the [{section}] section");
     }
 }
