@@ -37,6 +37,7 @@ pub fn test_config(state: &TempDir, edit: impl FnOnce(&mut RawConfig)) -> Config
     let mut raw = RawConfig::default();
     raw.listen.addr = "127.0.0.1:0".into();
     raw.push_api.listen = "127.0.0.1:0".into();
+    raw.admin.listen = "127.0.0.1:0".into();
     raw.node.state_dir = state.0.display().to_string();
     raw.node.id = "test-node".into();
     raw.xdp.enabled = false;

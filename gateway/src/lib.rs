@@ -21,6 +21,7 @@
 //! - [`tls`] and [`state`]: certificates and the node's state directory.
 
 pub mod abuse;
+pub mod admin;
 pub mod bans;
 pub mod config;
 pub mod defense;

@@ -9,6 +9,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::abuse::Abuse;
+use crate::admin::AuditLog;
 use crate::auth::Verifier;
 use crate::bans::Bans;
 use crate::config::Config;
@@ -37,6 +38,8 @@ pub struct Node {
     pub abuse: Abuse,
     /// The ban store; its changes drive `defense` and kick sessions.
     pub bans: Bans,
+    /// Who changed bans and kicked whom; written by a task `server::start` spawns.
+    pub audit: AuditLog,
     /// Cancelled once when the node starts shutting down.
     pub shutdown: CancellationToken,
     /// Every connection task, so shutdown can wait for them.
@@ -61,6 +64,7 @@ impl Node {
             defense,
             abuse: Abuse::new(&config.abuse),
             bans: Bans::new(&config.bans, !config.cluster.etcd_endpoints.is_empty()),
+            audit: AuditLog::new(&config.node.id),
             shutdown: CancellationToken::new(),
             tasks: TaskTracker::new(),
             next_push_id: AtomicU64::new(start.max(1)),

@@ -167,6 +167,9 @@ impl Bans {
         let changes = self.state.lock().set.expire(now);
         for c in &changes {
             enforce::apply(node, c, self.cfg.close_live_connections);
+            if let Change::Removed(b) = c {
+                node.audit.record("system", "ban.expire", &b.target.to_string(), &b.reason, None);
+            }
         }
         if !changes.is_empty() {
             self.dirty.notify_one();
@@ -296,5 +299,26 @@ impl Bans {
     /// The target a key names, if it is one of ours.
     pub fn target_of(&self, key: &str) -> Option<Target> {
         Target::parse(key.strip_prefix(&self.cfg.etcd_prefix)?, true).ok()
+    }
+}
+
+/// A detector's ban on `source` for `abuse.auto_ban_ttl`, enforced at once.
+/// Allowlisted sources never get here (the detectors skip them).
+pub fn auto_ban(node: &Node, source: crate::defense::IpNet, detector: &str, reason: String) {
+    let cfg = &node.config.abuse;
+    let now = SystemTime::now();
+    let by = format!("detector:{detector}");
+    let ban = Ban { target: Target::Net(source), reason, by: by.clone(), created: now, until: Some(now + cfg.auto_ban_ttl), mode: cfg.auto_ban_mode };
+    let (target, reason) = (ban.target.to_string(), ban.reason.clone());
+    match node.bans.add(node, ban) {
+        Ok(_) => {
+            node.metrics.auto_bans.inc();
+            tracing::warn!(%target, %by, %reason, ttl = ?cfg.auto_ban_ttl, "auto-ban");
+            node.audit.record(&by, "ban.add", &target, &reason, Some(serde_json::json!({ "ttl_secs": cfg.auto_ban_ttl.as_secs(), "mode": cfg.auto_ban_mode })));
+        }
+        Err(e) => {
+            node.metrics.ban_apply_errors.inc();
+            tracing::warn!(%target, error = %e, "auto-ban not stored");
+        }
     }
 }

@@ -12,17 +12,20 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::net::{TcpListener, TcpSocket};
+use tokio::io::AsyncWriteExt;
+use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio::sync::Semaphore;
 use tokio::task::JoinHandle;
 use tokio_rustls::TlsAcceptor;
 
+use crate::abuse::{detector, Admit};
 use crate::auth::{KeyError, Verifier};
+use crate::bans::FileError;
 use crate::config::Config;
 use crate::defense::{Defense, Enforcement};
 use crate::heartbeat::{check, Liveness};
 use crate::node::Node;
-use crate::protocol::Code;
+use crate::protocol::{Code, Message};
 use crate::session::{conn, CloseReason};
 use crate::state::{self, StateError};
 use crate::tls::{self, TlsError};
@@ -38,6 +41,8 @@ pub enum StartError {
     Key(#[from] KeyError),
     #[error(transparent)]
     Upstream(#[from] UpstreamError),
+    #[error(transparent)]
+    Bans(#[from] FileError),
     #[error("cannot listen on {addr} ({what}): {source}{hint}")]
     Bind { addr: SocketAddr, what: &'static str, source: io::Error, hint: &'static str },
 }
@@ -49,6 +54,8 @@ pub struct Gateway {
     pub addr: SocketAddr,
     pub plaintext_addr: Option<SocketAddr>,
     pub push_api_addr: SocketAddr,
+    /// The admin API's bound address (None when `admin.enabled = false`).
+    pub admin_addr: Option<SocketAddr>,
     /// The generated dev certificate, when no certificate was configured.
     pub dev_ca_file: Option<PathBuf>,
     tasks: Vec<JoinHandle<()>>,
@@ -100,6 +107,11 @@ pub async fn start(config: Config) -> Result<Gateway, StartError> {
     let addr = listener.local_addr().map_err(|source| StartError::Bind { addr: config.listen.addr, what: "listen.addr", source, hint: "" })?;
     let plaintext_addr = plain.as_ref().and_then(|l| l.local_addr().ok());
     let push_api_addr = api.local_addr().map_err(|source| StartError::Bind { addr: config.push_api.listen, what: "push_api.listen", source, hint: "" })?;
+    let admin = match config.admin.enabled {
+        true => Some(bind(config.admin.listen, 1024, "admin.listen")?),
+        false => None,
+    };
+    let admin_addr = admin.as_ref().and_then(|l| l.local_addr().ok());
 
     let defense = Defense::start(&config.xdp, addr);
     match defense.enforcement() {
@@ -112,16 +124,31 @@ pub async fn start(config: Config) -> Result<Gateway, StartError> {
 
     let max_conns = config.listen.max_connections;
     let node = Arc::new(Node::new(config, verifier, upstream, defense));
+    // Bans are in force before the first accept.
+    let loaded = node.bans.load(&node)?;
+    tracing::info!(bans = loaded, file = %node.config.bans.file.display(), "ban list loaded");
+    let mut tasks = Vec::new();
+    tasks.extend(node.audit.spawn_writer(node.config.admin.audit_file.clone(), node.config.admin.audit_max_bytes));
+    tasks.push(tokio::spawn(crate::bans::sync::persister(node.clone())));
+    tasks.push(tokio::spawn(crate::bans::sync::sweeper(node.clone())));
+    if !node.config.cluster.etcd_endpoints.is_empty() {
+        let kv = Arc::new(crate::bans::etcd::EtcdHttp::new(&node.config.cluster.etcd_endpoints));
+        tasks.push(tokio::spawn(crate::bans::sync::replicate(node.clone(), kv)));
+    }
     let limit = Arc::new(Semaphore::new(max_conns));
-    let mut tasks = vec![tokio::spawn(accept_loop(node.clone(), listener, Some(acceptor), limit.clone()))];
+    let busy = Arc::new(Semaphore::new(BUSY_REPLY_SLOTS));
+    tasks.push(tokio::spawn(accept_loop(node.clone(), listener, Some(acceptor), limit.clone(), busy.clone())));
     if let Some(p) = plain {
         tracing::warn!(addr = ?plaintext_addr, "plaintext listener enabled (internal use only)");
-        tasks.push(tokio::spawn(accept_loop(node.clone(), p, None, limit)));
+        tasks.push(tokio::spawn(accept_loop(node.clone(), p, None, limit, busy)));
+    }
+    if let Some(a) = admin {
+        tasks.push(tokio::spawn(crate::admin::serve(node.clone(), a)));
     }
     tasks.push(tokio::spawn(liveness_sweeper(node.clone())));
     tasks.push(tokio::spawn(crate::api::serve(node.clone(), api)));
     tracing::info!(node = %node.id, %addr, push_api = %push_api_addr, "gateway serving");
-    Ok(Gateway { node, addr, plaintext_addr, push_api_addr, dev_ca_file, tasks })
+    Ok(Gateway { node, addr, plaintext_addr, push_api_addr, admin_addr, dev_ca_file, tasks })
 }
 
 impl Gateway {
@@ -151,7 +178,37 @@ fn is_resource_exhaustion(e: &io::Error) -> bool {
     matches!(e.raw_os_error(), Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM))
 }
 
-async fn accept_loop(node: Arc<Node>, listener: TcpListener, tls: Option<TlsAcceptor>, limit: Arc<Semaphore>) {
+/// Connections refused at the global cap that may get a "busy" reply at once;
+/// beyond this they are closed without one (a reply costs a TLS handshake).
+const BUSY_REPLY_SLOTS: usize = 64;
+const BUSY_REPLY_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Tell a client refused at `listen.max_connections` to try another node.
+fn refuse_busy(node: &Node, tcp: TcpStream, tls: Option<TlsAcceptor>, busy: &Arc<Semaphore>) {
+    let Ok(slot) = busy.clone().try_acquire_owned() else { return };
+    node.metrics.busy_replies.inc();
+    tokio::spawn(async move {
+        let _slot = slot;
+        let frame = Message::error(Code::ServerBusy, "busy, try another node").to_bytes(0);
+        let _ = tokio::time::timeout(BUSY_REPLY_TIMEOUT, async move {
+            match tls {
+                Some(acceptor) => {
+                    let mut s = acceptor.accept(tcp).await?;
+                    s.write_all(&frame).await?;
+                    s.shutdown().await
+                }
+                None => {
+                    let mut t = tcp;
+                    t.write_all(&frame).await?;
+                    t.shutdown().await
+                }
+            }
+        })
+        .await;
+    });
+}
+
+async fn accept_loop(node: Arc<Node>, listener: TcpListener, tls: Option<TlsAcceptor>, limit: Arc<Semaphore>, busy: Arc<Semaphore>) {
     let mut backoff = Duration::ZERO;
     loop {
         let accepted = tokio::select! {
@@ -180,12 +237,35 @@ async fn accept_loop(node: Arc<Node>, listener: TcpListener, tls: Option<TlsAcce
             node.metrics.connections_refused.inc("blacklisted");
             continue;
         }
+        let slot = match node.abuse.on_accept(peer.ip(), std::time::Instant::now()) {
+            Admit::Ok(slot) => slot,
+            Admit::Refuse(detector) => {
+                node.metrics.abuse_hits.inc(detector);
+                node.metrics.connections_refused.inc(detector);
+                continue;
+            }
+            Admit::Ban { source, count, first } => {
+                node.metrics.abuse_hits.inc(detector::CONN_RATE);
+                node.metrics.connections_refused.inc(detector::CONN_RATE);
+                if first {
+                    let cfg = &node.config.abuse;
+                    let reason = format!("over {} connections per {:?} (abuse.conn_rate)", cfg.conn_rate, cfg.conn_rate_window);
+                    crate::bans::auto_ban(&node, source, detector::CONN_RATE, reason);
+                }
+                tracing::debug!(%peer, count, "connection over the rate limit closed");
+                continue;
+            }
+        };
         let Ok(permit) = limit.clone().try_acquire_owned() else {
             node.metrics.connections_refused.inc("capacity");
+            node.metrics.abuse_hits.inc(detector::GLOBAL_CAP);
+            refuse_busy(&node, tcp, tls.clone(), &busy);
             continue;
         };
         let _ = tcp.set_nodelay(true);
-        node.tasks.spawn(conn::run(node.clone(), tcp, peer, tls.clone(), permit));
+        let fut = conn::run(node.clone(), tcp, peer, tls.clone(), permit, slot);
+        tracing::trace!(bytes = std::mem::size_of_val(&fut), "connection task size");
+        node.tasks.spawn(fut);
     }
 }
 

@@ -28,6 +28,7 @@ use tokio::time::Instant;
 use tokio_rustls::TlsAcceptor;
 use tokio_util::codec::FramedRead;
 
+use crate::abuse::{detector, FrameVerdict, PacketRate, SourceSlot};
 use crate::auth::Identity;
 use crate::config::DuplicateLogin;
 use crate::node::Node;
@@ -46,6 +47,8 @@ const READ_BUF_KEEP: usize = 4096;
 struct ConnGuard<'a> {
     node: &'a Node,
     prelogin: bool,
+    /// This connection's share of the per-source limits (see `abuse`).
+    slot: SourceSlot,
 }
 
 impl ConnGuard<'_> {
@@ -53,6 +56,7 @@ impl ConnGuard<'_> {
         if std::mem::take(&mut self.prelogin) {
             self.node.metrics.connections_prelogin.dec();
         }
+        self.slot.logged_in();
     }
 }
 
@@ -66,15 +70,24 @@ impl Drop for ConnGuard<'_> {
 }
 
 /// Serve one accepted socket. `_permit` holds a slot of `listen.max_connections`.
-pub async fn run(node: Arc<Node>, tcp: TcpStream, peer: SocketAddr, tls: Option<TlsAcceptor>, _permit: OwnedSemaphorePermit) {
+pub async fn run(
+    node: Arc<Node>,
+    tcp: TcpStream,
+    peer: SocketAddr,
+    tls: Option<TlsAcceptor>,
+    _permit: OwnedSemaphorePermit,
+    slot: SourceSlot,
+) {
     node.metrics.connections_open.inc();
     node.metrics.connections_prelogin.inc();
-    let mut guard = ConnGuard { node: &node, prelogin: true };
+    let mut guard = ConnGuard { node: &node, prelogin: true, slot };
     let deadline = Instant::now() + node.config.session.login_timeout;
     match tls {
         Some(acceptor) => {
             let handshake = tokio::select! {
-                r = tokio::time::timeout_at(deadline, acceptor.accept(tcp)) => r,
+                // Boxed: the handshake state (~1.2 KiB) is freed once it is done
+                // instead of widening every idle connection's task.
+                r = tokio::time::timeout_at(deadline, Box::pin(acceptor.accept(tcp))) => r,
                 _ = node.shutdown.cancelled() => return,
             };
             match handshake {
@@ -100,7 +113,8 @@ where
 {
     let cfg = &node.config.session;
     let mut framed = FramedRead::with_capacity(io, FrameCodec::new(cfg.max_prelogin_frame_bytes), READ_BUF_INITIAL);
-    let Some((identity, login_seq)) = admit(node, &mut framed, peer, deadline).await else {
+    // Boxed for the same reason: the login wait must not size the idle task.
+    let Some((identity, login_seq)) = Box::pin(admit(node, &mut framed, peer, deadline)).await else {
         return;
     };
 
@@ -195,7 +209,19 @@ where
         }
     };
     match node.verifier.verify(&token) {
-        Ok(identity) => Some((identity, frame.seq)),
+        Ok(identity) => {
+            if let Some(ban) = node.bans.uid_ban(&identity.uid) {
+                if ban.enforced() {
+                    node.metrics.logins.inc(Code::Banned.name());
+                    tracing::info!(%peer, uid = %identity.uid, by = %ban.by, "login refused: uid is banned");
+                    let msg = format!("banned: {}", ban.reason);
+                    send_final(framed.get_mut(), Message::error(Code::Banned, msg), frame.seq).await;
+                    return None;
+                }
+                tracing::info!(%peer, uid = %identity.uid, by = %ban.by, "monitor-mode uid ban matched; login allowed");
+            }
+            Some((identity, frame.seq))
+        }
         Err(e) => {
             let code = e.code();
             node.metrics.logins.inc(code.name());
@@ -222,39 +248,16 @@ where
     S: AsyncRead + AsyncWrite + Unpin,
 {
     let stall = node.config.session.write_stall_timeout;
+    let mut rate = PacketRate::new(node.abuse.packet_limits(), std::time::Instant::now());
     loop {
         tokio::select! {
             // Writes first: a reply or push waiting is older than the next read.
             biased;
             _ = handle.outbox.ready() => {
-                let (items, closing) = handle.outbox.take();
-                if !items.is_empty() {
-                    let write = tokio::time::timeout(stall, write_all(framed.get_mut(), &items));
-                    let result = tokio::select! {
-                        r = write => r,
-                        // Overflow or abuse while we were blocked writing: stop now.
-                        _ = handle.outbox.aborted() => return handle.outbox.close_reason(),
-                    };
-                    match result {
-                        Ok(Ok(())) => {
-                            for item in items {
-                                if let Some(tx) = item.written {
-                                    let _ = tx.send(());
-                                }
-                            }
-                        }
-                        Ok(Err(_)) => return None,
-                        Err(_) => {
-                            let reason = CloseReason::Error(Code::SlowConsumer, "write stalled: client is not reading".into());
-                            handle.outbox.close(reason.clone());
-                            // Mid-frame: the stream cannot carry an ERROR any more.
-                            return Some(reason);
-                        }
-                    }
-                }
-                if let Some(reason) = closing {
-                    finish(framed.get_mut(), handle, &reason).await;
-                    return Some(reason);
+                // Boxed: write state (timer, partial write) exists only while
+                // writing, so an idle connection's task stays small.
+                if let Some(end) = Box::pin(flush(framed.get_mut(), handle, stall)).await {
+                    return end;
                 }
             }
             next = framed.next() => {
@@ -269,12 +272,65 @@ where
                 };
                 // Any inbound frame proves the peer alive.
                 handle.touch(node.clock.now_ms());
+                match rate.on_frame(std::time::Instant::now()) {
+                    FrameVerdict::Pass => {}
+                    FrameVerdict::Drop { notify } => {
+                        node.metrics.abuse_hits.inc(detector::PACKET_RATE_DROP);
+                        if notify {
+                            let msg = Message::error(Code::RateLimited, "too many frames: this one and the rest of this second are dropped");
+                            let _ = handle.outbox.push(msg.to_bytes(frame.seq), None);
+                        }
+                        continue;
+                    }
+                    FrameVerdict::Disconnect => {
+                        node.metrics.abuse_hits.inc(detector::PACKET_RATE_DISCONNECT);
+                        tracing::info!(peer = %handle.peer, uid = %handle.uid, "closing a connection that keeps exceeding the packet rate");
+                        handle.outbox.close(CloseReason::Error(Code::RateLimited, "packet rate exceeded repeatedly".into()));
+                        continue;
+                    }
+                }
                 if let Err(reason) = on_frame(node, handle, frame) {
                     handle.outbox.close(reason);
                 }
                 release_idle_buffer(framed.read_buffer_mut());
             }
         }
+    }
+}
+
+/// Write everything queued. `Some(end)` ends the session with that reason
+/// (`None` inside: the peer went away).
+async fn flush<S: AsyncWrite + Unpin>(io: &mut S, handle: &SessionHandle, stall: Duration) -> Option<Option<CloseReason>> {
+    let (items, closing) = handle.outbox.take();
+    if !items.is_empty() {
+        let result = tokio::select! {
+            r = tokio::time::timeout(stall, write_all(io, &items)) => r,
+            // Overflow or abuse while we were blocked writing: stop now.
+            _ = handle.outbox.aborted() => return Some(handle.outbox.close_reason()),
+        };
+        match result {
+            Ok(Ok(())) => {
+                for item in items {
+                    if let Some(tx) = item.written {
+                        let _ = tx.send(());
+                    }
+                }
+            }
+            Ok(Err(_)) => return Some(None),
+            Err(_) => {
+                let reason = CloseReason::Error(Code::SlowConsumer, "write stalled: client is not reading".into());
+                handle.outbox.close(reason.clone());
+                // Mid-frame: the stream cannot carry an ERROR any more.
+                return Some(Some(reason));
+            }
+        }
+    }
+    match closing {
+        Some(reason) => {
+            finish(io, handle, &reason).await;
+            Some(Some(reason))
+        }
+        None => None,
     }
 }
 
@@ -333,12 +389,14 @@ async fn finish<S: AsyncWrite + Unpin>(io: &mut S, _handle: &SessionHandle, reas
 /// Best effort, bounded: the peer may be gone or not reading.
 async fn send_final<S: AsyncWrite + Unpin>(io: &mut S, msg: Message, seq: u32) {
     let bytes: Bytes = msg.to_bytes(seq);
-    let _ = tokio::time::timeout(FINAL_WRITE_TIMEOUT, async {
+    // Boxed: this runs once per connection, at its end; keeping its timer and
+    // write state out of the task keeps idle connections small.
+    let write = async move {
         io.write_all(&bytes).await?;
         io.flush().await?;
         io.shutdown().await
-    })
-    .await;
+    };
+    let _ = Box::pin(tokio::time::timeout(FINAL_WRITE_TIMEOUT, write)).await;
 }
 
 fn release_idle_buffer(buf: &mut BytesMut) {
