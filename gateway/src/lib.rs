@@ -29,6 +29,7 @@ pub mod api;
 pub mod auth;
 pub mod client;
 pub mod heartbeat;
+pub mod load;
 pub mod metrics;
 pub mod node;
 pub mod protocol;

@@ -30,6 +30,40 @@ enum Command {
     Client(ClientArgs),
     /// Check a config file and print every problem.
     CheckConfig(ConfigArgs),
+    /// Load generator: open many logged-in sessions and hold them (bounded).
+    Load(LoadArgs),
+}
+
+#[derive(Args)]
+struct LoadArgs {
+    #[arg(long, default_value = "127.0.0.1:7000")]
+    addr: SocketAddr,
+    /// CA certificate to trust; default <state_dir>/dev-cert.pem.
+    #[arg(long, conflicts_with = "plaintext")]
+    ca: Option<PathBuf>,
+    #[arg(long)]
+    plaintext: bool,
+    #[arg(long, default_value = "localhost")]
+    server_name: String,
+    /// Number of sessions (one process holds at most `ulimit -n`).
+    #[arg(long, default_value_t = 1000)]
+    conns: u64,
+    /// First uid index; uids are <prefix><index>.
+    #[arg(long, default_value_t = 0)]
+    first: u64,
+    #[arg(long, default_value = "load-")]
+    prefix: String,
+    /// Logins in flight at once.
+    #[arg(long, default_value_t = 256)]
+    concurrency: usize,
+    /// How long to hold the sessions after the last login (e.g. 30s). At most 1h.
+    #[arg(long, default_value = "10s")]
+    hold: String,
+    /// Heartbeat interval while holding (default: none during the hold).
+    #[arg(long)]
+    heartbeat: Option<String>,
+    #[command(flatten)]
+    config: ConfigArgs,
 }
 
 /// The keys that change per host; each also reads a `GATEWAY_*` variable.
@@ -145,6 +179,7 @@ fn main() -> ExitCode {
             Command::Token(a) => token(a),
             Command::Client(a) => client(a).await,
             Command::CheckConfig(a) => a.load().map(|_| println!("configuration OK")),
+            Command::Load(a) => load(a).await,
         }
     });
     match result {
@@ -268,6 +303,54 @@ async fn client(a: ClientArgs) -> anyhow::Result<()> {
             }
         }
     }
+}
+
+async fn load(a: LoadArgs) -> anyhow::Result<()> {
+    let hold = gateway::config::parse_duration(&a.hold).map_err(|e| anyhow::anyhow!("--hold: {e}"))?;
+    if hold > Duration::from_secs(3600) {
+        bail!("--hold: at most 1h (load runs are bounded)");
+    }
+    let heartbeat = match &a.heartbeat {
+        Some(h) => Some(gateway::config::parse_duration(h).map_err(|e| anyhow::anyhow!("--heartbeat: {e}"))?),
+        None => None,
+    };
+    let tls = if a.plaintext {
+        None
+    } else {
+        let ca = match &a.ca {
+            Some(c) => c.clone(),
+            None => a.config.load()?.node.state_dir.join(gateway::state::DEV_CERT_FILE),
+        };
+        Some(TlsOptions::from_ca_file(&ca, &a.server_name).with_context(|| format!("loading CA file {}", ca.display()))?)
+    };
+    let plan = gateway::load::LoadPlan {
+        addr: a.addr,
+        tls,
+        secret: secret_for(&a.config)?,
+        uid_prefix: a.prefix,
+        first: a.first,
+        conns: a.conns,
+        concurrency: a.concurrency,
+        hold,
+        heartbeat,
+    };
+    let report = gateway::load::run(plan, |r| {
+        // One machine-readable line when every login finished: benchmarks sample the server then.
+        println!(
+            "{{\"event\":\"ready\",\"logged_in\":{},\"failed\":{},\"login_secs\":{:.3},\"logins_per_sec\":{:.1}}}",
+            r.logged_in,
+            r.failed,
+            r.login_elapsed.as_secs_f64(),
+            r.logins_per_sec()
+        );
+        let _ = std::io::stdout().flush();
+    })
+    .await;
+    println!(
+        "{{\"event\":\"done\",\"logged_in\":{},\"failed\":{},\"pushes_received\":{}}}",
+        report.logged_in, report.failed, report.pushes_received
+    );
+    Ok(())
 }
 
 fn explain(e: ClientError) -> anyhow::Error {
