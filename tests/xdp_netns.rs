@@ -17,7 +17,7 @@ use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
 use gateway::config::{AttachMode, XdpConfig};
-use gateway::defense::{Defense, Enforcement, IpNet, Rule};
+use gateway::defense::{Defense, Enforcement, IpNet, Options, Rule};
 use gateway_tests::netns::{self, VethPair};
 use socket2::{Domain, Socket, Type};
 
@@ -142,6 +142,91 @@ fn defense_drops_blacklisted_sources_on_veth() {
     // Detaching proves it was XDP that dropped: the same source now connects.
     drop(defense);
     assert_connects(&pair, BAD_V4, v4, "program detached on drop");
+}
+
+/// A private BPF filesystem for one test, so its pins never touch the host's
+/// /sys/fs/bpf. On drop: detach everything pinned, unmount, remove.
+struct BpfFs {
+    mount: PathBuf,
+    dir: PathBuf,
+}
+
+impl BpfFs {
+    fn new() -> BpfFs {
+        let mount = std::env::temp_dir().join(netns::unique("gwbpf"));
+        std::fs::create_dir_all(&mount).expect("mount point");
+        let st = std::process::Command::new("mount").args(["-t", "bpf", "bpf"]).arg(&mount).status().expect("run mount");
+        assert!(st.success(), "cannot mount a BPF filesystem at {}", mount.display());
+        let dir = mount.join("im-gateway").join("node-1");
+        BpfFs { mount, dir }
+    }
+}
+
+impl Drop for BpfFs {
+    fn drop(&mut self) {
+        let _ = Defense::detach_pinned(&self.dir);
+        let _ = std::process::Command::new("umount").arg(&self.mount).status();
+        let _ = std::fs::remove_dir(&self.mount);
+    }
+}
+
+#[test]
+fn pinned_state_outlives_the_process_and_detach_removes_it() {
+    if !netns::privileged("pinned_state_outlives_the_process_and_detach_removes_it") {
+        return;
+    }
+    let object = xdp_object();
+    let pair = pair();
+    let v4: SocketAddr = format!("{SERVER_V4}:7446").parse().unwrap();
+    let v6: SocketAddr = format!("[{SERVER_V6}]:7446").parse().unwrap();
+    let bpffs = BpfFs::new();
+    let dir = bpffs.dir.clone();
+    let cfg = |blacklist: Vec<IpAddr>| XdpConfig {
+        enabled: true,
+        interface: None,
+        attach_mode: AttachMode::Auto,
+        object: Some(object.clone()),
+        blacklist,
+    };
+    let opts = Options { pin_dir: Some(dir.clone()), ..Options::for_listen(v4) };
+
+    // First run: static ban on BAD_V4, runtime ban on BAD_V6.
+    let (first_cfg, first_opts) = (cfg(vec![BAD_V4.parse().unwrap()]), opts.clone());
+    let (first, _l4, _l6) = pair.server.run(move || {
+        let d = Defense::start_with(&first_cfg, v4, first_opts);
+        (d, TcpListener::bind(v4).expect("bind v4"), TcpListener::bind(v6).expect("bind v6"))
+    });
+    assert!(matches!(first.enforcement(), Enforcement::Xdp { .. }), "{:?}", first.enforcement());
+    first.add(BAD_V6.parse().unwrap()).expect("runtime ban");
+    assert_dropped(&pair, BAD_V4, v4, "static ban, first run");
+    let drops_before = counters(&first)["drop_ban_exact"];
+    assert!(dir.join("BAN_V4").exists(), "maps are pinned in {}", dir.display());
+    drop(first);
+
+    // The gateway is gone; the kernel still enforces both bans.
+    assert_dropped(&pair, BAD_V4, v4, "pinned program outlives the process");
+    assert_dropped(&pair, BAD_V6, v6, "runtime ban outlives the process");
+    assert_connects(&pair, GOOD_V4, v4, "others still pass");
+
+    // Second run with an empty config: the runtime ban is adopted, the link
+    // reused, the counters continue.
+    let (second_cfg, second_opts) = (cfg(Vec::new()), opts.clone());
+    let second = pair.server.run(move || Defense::start_with(&second_cfg, v4, second_opts));
+    assert!(matches!(second.enforcement(), Enforcement::Xdp { .. }), "{:?}", second.enforcement());
+    let bans = second.list();
+    assert!(bans.contains(&BAD_V6.parse().unwrap()) && bans.contains(&BAD_V4.parse().unwrap()), "previous state adopted: {bans:?}");
+    assert!(second.is_blocked(BAD_V6.parse().unwrap()), "the mirror knows adopted bans");
+    assert!(counters(&second)["drop_ban_exact"] >= drops_before + 2, "pinned counters continue: {:?}", counters(&second));
+    assert!(second.remove(BAD_V4.parse().unwrap()).expect("remove adopted ban"));
+    assert_connects(&pair, BAD_V4, v4, "adopted ban removed");
+    assert_dropped(&pair, BAD_V6, v6, "still banned after the restart");
+    drop(second);
+
+    // `gateway xdp detach`: link and maps unpinned, program gone.
+    let removed = Defense::detach_pinned(&dir).expect("detach");
+    assert!(removed.iter().any(|p| p.file_name().is_some_and(|n| n.to_string_lossy().starts_with("link_"))), "{removed:?}");
+    assert!(!dir.exists(), "pin folder removed");
+    assert_connects(&pair, BAD_V6, v6, "program detached");
 }
 
 /// The real binary in the server namespace, configured by file.

@@ -108,7 +108,7 @@ impl Prog {
             Some(p) => PathBuf::from(p),
             None => panic!("GATEWAY_XDP_OBJECT is not set: run through `cargo xtask test`"),
         };
-        let k = Kernel::load(&object, &policy, rules).unwrap_or_else(|e| panic!("loading {}: {e}", object.display()));
+        let k = Kernel::load(&object, &policy, rules, None).unwrap_or_else(|e| panic!("loading {}: {e}", object.display()));
         Prog { k }
     }
 

@@ -6,6 +6,8 @@
 //!   Sans-IO; it is both the fallback and the mirror that `is_blocked` reads.
 //! - [`xdp`]: loading `gateway-xdp.o`, filling maps, attaching, counters.
 //! - [`iface`]: which interface to attach to when the config names none.
+//! - [`pins`]: pinned maps and link in bpffs, so enforcement outlives the
+//!   process; `remove_all` is `gateway xdp detach`.
 //! - [`syn_limit`]: the SYN token bucket redone per accepted connection, for
 //!   the fallback.
 //!
@@ -15,11 +17,13 @@
 //! covers one interface and the listener may be reachable through others.
 
 pub mod iface;
+pub mod pins;
 pub mod rules;
 pub mod syn_limit;
 pub mod xdp;
 
 use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 
@@ -56,6 +60,25 @@ pub enum DefenseError {
     Full { table: &'static str, family: u8, capacity: usize },
     #[error(transparent)]
     Kernel(#[from] XdpError),
+    #[error(transparent)]
+    Pin(#[from] pins::PinError),
+}
+
+/// Start-up choices beyond [`XdpConfig`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Options {
+    pub policy: KernelPolicy,
+    /// Pin maps and link here (e.g. [`pins::default_dir`] of the node id) so
+    /// the kernel keeps enforcing across restarts and crashes; None: the
+    /// program is detached when the gateway exits.
+    pub pin_dir: Option<PathBuf>,
+}
+
+impl Options {
+    /// Default policy for the listening port, no pinning.
+    pub fn for_listen(listen: SocketAddr) -> Options {
+        Options { policy: KernelPolicy::for_port(listen.port()), pin_dir: None }
+    }
 }
 
 pub struct Defense {
@@ -72,24 +95,34 @@ pub struct Defense {
 }
 
 impl Defense {
-    /// Starts with the default kernel policy for the listening port (see
-    /// [`KernelPolicy::for_port`]).
+    /// Starts with [`Options::for_listen`]: default policy, no pinning.
     pub fn start(cfg: &XdpConfig, listen: SocketAddr) -> Defense {
-        Defense::start_with(cfg, KernelPolicy::for_port(listen.port()), listen)
+        Defense::start_with(cfg, listen, Options::for_listen(listen))
     }
 
     /// Loads and attaches the XDP program per `cfg`, or falls back to
     /// accept-time checks and says why. Never fails.
-    pub fn start_with(cfg: &XdpConfig, policy: KernelPolicy, listen: SocketAddr) -> Defense {
+    pub fn start_with(cfg: &XdpConfig, listen: SocketAddr, opts: Options) -> Defense {
+        let policy = opts.policy;
         let mut rules = RuleSet::default();
         rules.monitor = policy.monitor;
-        for ip in &cfg.blacklist {
-            rules.insert(Rule::ban(IpNet::host(*ip)));
-        }
+        let configured: Vec<Rule> = cfg.blacklist.iter().map(|ip| Rule::ban(IpNet::host(*ip))).collect();
         let (kernel, enforcement) = if cfg.enabled {
-            match Self::start_kernel(cfg, &policy, listen, &rules) {
+            match Self::start_kernel(cfg, &policy, listen, &configured, opts.pin_dir.as_deref()) {
                 Ok(k) => {
-                    tracing::info!(interface = %k.interface, mode = k.mode, entries = cfg.blacklist.len(), "XDP defense active");
+                    // State of the previous run first, so the config wins.
+                    for r in &k.adopted {
+                        rules.insert(*r);
+                    }
+                    tracing::info!(
+                        interface = %k.interface,
+                        mode = k.mode,
+                        entries = cfg.blacklist.len(),
+                        pinned = ?k.pin_dir().map(Path::display),
+                        adopted = k.adopted.len(),
+                        link_reused = k.link_reused,
+                        "XDP defense active"
+                    );
                     let e = Enforcement::Xdp { interface: k.interface.clone(), mode: k.mode.to_string() };
                     (Some(k), e)
                 }
@@ -102,6 +135,9 @@ impl Defense {
             tracing::info!("XDP disabled by xdp.enabled = false; enforcing the blacklist at accept time");
             (None, Enforcement::Userspace { reason: "disabled by xdp.enabled = false".into() })
         };
+        for r in configured {
+            rules.insert(r);
+        }
         let syn = match (&kernel, policy.syn_limit) {
             (None, Some(limit)) => Some(syn_limit::SourceBuckets::new(limit, gateway_common::SYN_BUCKETS_CAPACITY as usize)),
             _ => None,
@@ -115,13 +151,19 @@ impl Defense {
         }
     }
 
-    fn start_kernel(cfg: &XdpConfig, policy: &KernelPolicy, listen: SocketAddr, rules: &RuleSet) -> Result<xdp::Kernel, String> {
+    fn start_kernel(cfg: &XdpConfig, policy: &KernelPolicy, listen: SocketAddr, rules: &[Rule], pins: Option<&Path>) -> Result<xdp::Kernel, String> {
         let interface = match &cfg.interface {
             Some(i) => i.clone(),
             None => iface::for_listen_addr(listen.ip()).map_err(|e| e.to_string())?,
         };
         let object = xdp::object_path(cfg.object.as_deref());
-        xdp::Kernel::start(&object, &interface, cfg.attach_mode, policy, &rules.rules()).map_err(|e| e.to_string())
+        xdp::Kernel::start(&object, &interface, cfg.attach_mode, policy, rules, pins).map_err(|e| e.to_string())
+    }
+
+    /// `gateway xdp detach`: unpins the link (detaching the program) and the
+    /// maps in `pin_dir`, and removes the folder. Returns what was removed.
+    pub fn detach_pinned(pin_dir: &Path) -> Result<Vec<PathBuf>, DefenseError> {
+        Ok(pins::remove_all(pin_dir)?)
     }
 
     pub fn enforcement(&self) -> &Enforcement {
@@ -301,7 +343,8 @@ mod tests {
     #[test]
     fn fallback_applies_syn_limit_and_monitor() {
         let policy = KernelPolicy { syn_limit: Some(SynLimit { rate_per_sec: 1, burst: 2 }), ..KernelPolicy::for_port(1) };
-        let d = Defense::start_with(&cfg(false, &[]), policy.clone(), "127.0.0.1:1".parse().unwrap());
+        let listen = "127.0.0.1:1".parse().unwrap();
+        let d = Defense::start_with(&cfg(false, &[]), listen, Options { policy: policy.clone(), pin_dir: None });
         let ip: IpAddr = "203.0.113.5".parse().unwrap();
         assert!(!d.is_blocked(ip) && !d.is_blocked(ip));
         assert!(d.is_blocked(ip), "third connection within the burst window is over the limit");

@@ -1,24 +1,30 @@
 //! The kernel side: find the object file, load it, fill its maps, attach it.
 //!
 //! The maps are filled *before* the program is attached, so there is no
-//! moment in which a configured ban is not enforced. The `Ebpf` handle owns
-//! the program and its link: dropping [`Kernel`] detaches the program.
+//! moment in which a configured ban is not enforced. Without a pin folder the
+//! `Ebpf` handle owns the program and its link and dropping [`Kernel`]
+//! detaches the program; with one (see [`super::pins`]) maps and link are
+//! pinned, reused by the next start, and the kernel keeps enforcing meanwhile.
 
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 
 use aya::maps::lpm_trie::{Key, LpmTrie};
 use aya::maps::{Array, HashMap, MapData, MapError, PerCpuArray};
+use aya::programs::links::{FdLink, LinkError, PinnedLink};
+use aya::programs::xdp::{XdpLink, XdpLinkId};
 use aya::programs::{ProgramError, Xdp, XdpMode};
+use aya::{Ebpf, EbpfError, EbpfLoader};
 use aya::{TestRun, TestRunOptions};
-use aya::{Ebpf, EbpfError};
+use std::time::{Duration, Instant};
 use gateway_common::{
     AllowEntry, BanEntry, Counter, RuntimeConfig, BAN_FLAG_MONITOR, MAP_ALLOW_V4, MAP_ALLOW_V6,
     MAP_BAN_CIDR_V4, MAP_BAN_CIDR_V6, MAP_BAN_V4, MAP_BAN_V6, MAP_CONFIG, MAP_COUNTERS,
     MAP_LISTEN_PORTS, PROGRAM_NAME,
 };
 
-use super::rules::{IpNet, Rule, Table};
+use super::pins::{self, PinError};
+use super::rules::{IpNet, Rule, RuleKind, Table};
 use crate::config::AttachMode;
 
 /// Why the kernel side could not be set up. Every message ends in what to do.
@@ -27,19 +33,23 @@ pub enum XdpError {
     #[error("XDP object {path} not found ({source}); build it with `cargo xtask build`, or point xdp.object / $GATEWAY_XDP_OBJECT at gateway-xdp.o")]
     ObjectMissing { path: PathBuf, source: std::io::Error },
     #[error("cannot load XDP object {path}: {source}; if this is a permission error run as root or grant CAP_BPF+CAP_NET_ADMIN (and CAP_PERFMON on older kernels)")]
-    Load { path: PathBuf, source: EbpfError },
+    Load { path: PathBuf, source: Box<EbpfError> },
     #[error("XDP object {path} has no program named {PROGRAM_NAME}; it was built from another source, rebuild with `cargo xtask build`")]
     ProgramMissing { path: PathBuf },
     #[error("the kernel rejected the XDP program: {0}; the kernel may be too old (5.10+ needed) or lack CONFIG_BPF_SYSCALL/CONFIG_XDP_SOCKETS")]
-    Verify(ProgramError),
+    Verify(Box<ProgramError>),
     #[error("cannot attach XDP to {interface} in {mode} mode: {source}; {hint}")]
-    Attach { interface: String, mode: &'static str, source: ProgramError, hint: &'static str },
+    Attach { interface: String, mode: &'static str, source: Box<ProgramError>, hint: &'static str },
     #[error("XDP object has no usable map {name}: {source}; rebuild the object so it matches this gateway")]
     Map { name: &'static str, source: MapError },
     #[error("the kernel {table} for IPv{family} is full ({capacity} entries); remove entries or use a CIDR rule")]
     Full { table: &'static str, family: u8, capacity: usize },
     #[error("BPF_PROG_TEST_RUN failed: {0}")]
-    TestRun(ProgramError),
+    TestRun(Box<ProgramError>),
+    #[error(transparent)]
+    Pin(#[from] PinError),
+    #[error("cannot pin or reuse the XDP link {path}: {message}; run `gateway xdp detach` to start from a clean state")]
+    Link { path: PathBuf, message: String },
     #[error("kernel map update failed: {0}")]
     Update(MapError),
 }
@@ -125,6 +135,14 @@ pub struct Kernel {
     listen_ports: HashMap<MapData, u16, u8>,
     config: Array<MapData, RuntimeConfig>,
     counters: PerCpuArray<MapData, u64>,
+    /// Entries found in reused pinned maps (state of the previous run).
+    pub adopted: Vec<Rule>,
+    /// True when an existing pinned link was taken over (no re-attach).
+    pub link_reused: bool,
+    pin_dir: Option<PathBuf>,
+    /// Holding the fd is not what keeps it alive (the pin is); kept so the
+    /// link is visibly ours for the lifetime of this value.
+    _pinned_link: Option<PinnedLink>,
     // Last: dropped after the map handles; owns the program and its link.
     ebpf: Ebpf,
 }
@@ -134,17 +152,51 @@ fn take<T: TryFrom<aya::maps::Map, Error = MapError>>(ebpf: &mut Ebpf, name: &'s
     T::try_from(map).map_err(|source| XdpError::Map { name, source })
 }
 
-/// Seconds-to-ns conversion between `Instant` and `bpf_ktime_get_ns()`: both
-/// are CLOCK_MONOTONIC on Linux.
-fn expiry_ns(rule: &Rule) -> u64 {
-    let Some(at) = rule.expires_at else { return 0 };
-    let left = at.saturating_duration_since(std::time::Instant::now());
+/// CLOCK_MONOTONIC in ns: the clock of `bpf_ktime_get_ns()` (and of
+/// `Instant` on Linux), so expiries convert by offset from "now".
+fn monotonic_ns() -> u64 {
     let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
     // SAFETY: clock_gettime writes one timespec.
     unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
-    let now = (ts.tv_sec as u64).saturating_mul(1_000_000_000).saturating_add(ts.tv_nsec as u64);
+    (ts.tv_sec as u64).saturating_mul(1_000_000_000).saturating_add(ts.tv_nsec as u64)
+}
+
+fn expiry_ns(rule: &Rule) -> u64 {
+    let Some(at) = rule.expires_at else { return 0 };
+    let left = at.saturating_duration_since(Instant::now());
     // Never 0 (0 means "forever").
-    now.saturating_add(left.as_nanos().min(u128::from(u64::MAX)) as u64).max(1)
+    monotonic_ns().saturating_add(left.as_nanos().min(u128::from(u64::MAX)) as u64).max(1)
+}
+
+/// A kernel expiry back to an `Instant`: `Some(None)` never expires, `None`
+/// already expired.
+fn expiry_instant(expires_at_ns: u64, now: Instant, now_ns: u64) -> Option<Option<Instant>> {
+    match expires_at_ns {
+        0 => Some(None),
+        t if t <= now_ns => None,
+        t => Some(Some(now + Duration::from_nanos(t - now_ns))),
+    }
+}
+
+/// An error and its sources, "outer: inner: innermost" (aya's syscall
+/// errors keep the errno in the source).
+fn chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(inner) = cur {
+        s.push_str(": ");
+        s.push_str(&inner.to_string());
+        cur = inner.source();
+    }
+    s
+}
+
+fn static_mode(m: &str) -> &'static str {
+    if m == "native" {
+        "native"
+    } else {
+        "skb"
+    }
 }
 
 fn ban_entry(rule: &Rule) -> BanEntry {
@@ -175,27 +227,52 @@ fn full_or(e: MapError, table: Table, family: u8) -> XdpError {
 }
 
 impl Kernel {
-    /// Loads `object`, writes `policy` and `rules`, then attaches to `interface`.
-    pub fn start(object: &Path, interface: &str, mode: AttachMode, policy: &KernelPolicy, rules: &[Rule]) -> Result<Kernel, XdpError> {
-        let mut k = Kernel::load(object, policy, rules)?;
-        k.mode = k.attach(interface, mode)?;
+    /// Loads `object`, writes `policy` and `rules`, then attaches to
+    /// `interface`. With `pins`, maps and link are pinned there (and reused).
+    pub fn start(
+        object: &Path,
+        interface: &str,
+        mode: AttachMode,
+        policy: &KernelPolicy,
+        rules: &[Rule],
+        pins: Option<&Path>,
+    ) -> Result<Kernel, XdpError> {
+        let mut k = Kernel::load(object, policy, rules, pins)?;
+        k.mode = match pins {
+            Some(dir) => k.attach_pinned(interface, mode, dir)?,
+            None => k.attach(interface, mode)?.0,
+        };
         k.interface = interface.to_string();
         Ok(k)
     }
 
     /// Loads and verifies the program and fills its maps, without attaching
     /// it anywhere: for [`Kernel::test_run`] and for checking an object.
-    pub fn load(object: &Path, policy: &KernelPolicy, rules: &[Rule]) -> Result<Kernel, XdpError> {
+    /// With `pins`, existing pinned maps are reused and their entries (other
+    /// than expired ones) reported in [`Kernel::adopted`].
+    pub fn load(object: &Path, policy: &KernelPolicy, rules: &[Rule], pins: Option<&Path>) -> Result<Kernel, XdpError> {
         if let Err(source) = std::fs::metadata(object) {
             return Err(XdpError::ObjectMissing { path: object.to_path_buf(), source });
         }
-        let mut ebpf = Ebpf::load_file(object).map_err(|source| XdpError::Load { path: object.to_path_buf(), source })?;
+        let reused = match pins {
+            Some(dir) => pins::prepare(dir)?,
+            None => false,
+        };
+        let map_paths: Vec<(&'static str, PathBuf)> = match pins {
+            Some(dir) => pins::expected_maps().iter().map(|(n, ..)| (*n, dir.join(n))).collect(),
+            None => Vec::new(),
+        };
+        let mut loader = EbpfLoader::new();
+        for (name, path) in &map_paths {
+            loader.map_pin_path(name, path.as_path());
+        }
+        let mut ebpf = loader.load_file(object).map_err(|source| XdpError::Load { path: object.to_path_buf(), source: Box::new(source) })?;
         {
             let prog: &mut Xdp = ebpf
                 .program_mut(PROGRAM_NAME)
                 .and_then(|p| p.try_into().ok())
                 .ok_or_else(|| XdpError::ProgramMissing { path: object.to_path_buf() })?;
-            prog.load().map_err(XdpError::Verify)?;
+            prog.load().map_err(|e| XdpError::Verify(Box::new(e)))?;
         }
         let mut k = Kernel {
             interface: String::new(),
@@ -209,13 +286,127 @@ impl Kernel {
             listen_ports: take(&mut ebpf, MAP_LISTEN_PORTS)?,
             config: take(&mut ebpf, MAP_CONFIG)?,
             counters: take(&mut ebpf, MAP_COUNTERS)?,
+            adopted: Vec::new(),
+            link_reused: false,
+            pin_dir: pins.map(Path::to_path_buf),
+            _pinned_link: None,
             ebpf,
         };
+        if reused {
+            k.adopted = k.read_rules()?;
+        }
         k.set_policy(policy)?;
         for r in rules {
             k.insert(r)?;
         }
         Ok(k)
+    }
+
+    /// Every live rule in the maps; expired entries are deleted on the way.
+    pub fn read_rules(&mut self) -> Result<Vec<Rule>, XdpError> {
+        let now = Instant::now();
+        let now_ns = monotonic_ns();
+        let mut live = Vec::new();
+        let mut dead = Vec::new();
+        let mut ban = |net: IpNet, e: BanEntry| match expiry_instant(e.expires_at_ns, now, now_ns) {
+            Some(expires_at) => live.push(Rule { net, kind: RuleKind::Ban, monitor: e.is_monitor(), expires_at }),
+            None => dead.push(Rule::ban(net)),
+        };
+        for (k, e) in self.ban_v4.iter().filter_map(Result::ok) {
+            ban(IpNet::host(IpAddr::from(k.to_ne_bytes())), e);
+        }
+        for (k, e) in self.ban_v6.iter().filter_map(Result::ok) {
+            ban(IpNet::host(IpAddr::from(k)), e);
+        }
+        for (k, e) in self.ban_cidr_v4.iter().filter_map(Result::ok) {
+            if let Ok(net) = IpNet::new(IpAddr::from(k.data()), k.prefix_len() as u8) {
+                ban(net, e);
+            }
+        }
+        for (k, e) in self.ban_cidr_v6.iter().filter_map(Result::ok) {
+            if let Ok(net) = IpNet::new(IpAddr::from(k.data()), k.prefix_len() as u8) {
+                ban(net, e);
+            }
+        }
+        for (k, _) in self.allow_v4.iter().filter_map(Result::ok) {
+            if let Ok(net) = IpNet::new(IpAddr::from(k.data()), k.prefix_len() as u8) {
+                live.push(Rule::allow(net));
+            }
+        }
+        for (k, _) in self.allow_v6.iter().filter_map(Result::ok) {
+            if let Ok(net) = IpNet::new(IpAddr::from(k.data()), k.prefix_len() as u8) {
+                live.push(Rule::allow(net));
+            }
+        }
+        for r in &dead {
+            self.remove(r)?;
+        }
+        Ok(live)
+    }
+
+    /// Attaches with the link pinned in `dir`, taking over a pinned link on
+    /// the same interface (and an acceptable mode) by swapping the program
+    /// in place, so enforcement never lapses across a restart.
+    fn attach_pinned(&mut self, interface: &str, mode: AttachMode, dir: &Path) -> Result<&'static str, XdpError> {
+        let mut reuse = None;
+        for (path, iface, m) in pins::links(dir) {
+            let acceptable = iface == interface
+                && match mode {
+                    AttachMode::Auto => true,
+                    AttachMode::Native => m == "native",
+                    AttachMode::Skb => m == "skb",
+                };
+            if acceptable && reuse.is_none() {
+                reuse = Some((path, m));
+            } else {
+                tracing::info!(pin = %path.display(), "removing an XDP link pinned for another interface or mode (config changed)");
+                std::fs::remove_file(&path).map_err(|e| XdpError::Link { path: path.clone(), message: e.to_string() })?;
+            }
+        }
+        if let Some((path, m)) = reuse {
+            match self.take_over_link(&path) {
+                Ok(()) => {
+                    self.link_reused = true;
+                    return Ok(static_mode(&m));
+                }
+                Err(e) => {
+                    // E.g. the interface was deleted and re-created: the old
+                    // link is defunct. Drop it and attach afresh.
+                    tracing::warn!(pin = %path.display(), error = %e, "cannot reuse the pinned XDP link; attaching a new one");
+                    let _ = std::fs::remove_file(&path);
+                }
+            }
+        }
+        let (mode_name, id) = self.attach(interface, mode)?;
+        let path = dir.join(pins::link_name(interface, mode_name));
+        let link_err = |message: String| XdpError::Link { path: path.clone(), message };
+        let link = self.program()?.take_link(id).map_err(|e| link_err(chain(&e)))?;
+        match FdLink::try_from(link) {
+            Ok(fd_link) => {
+                let pinned = fd_link.pin(&path).map_err(|e| link_err(chain(&e)))?;
+                self._pinned_link = Some(pinned);
+            }
+            Err(_) => {
+                // Netlink-attached (kernel without bpf_link for XDP): there is
+                // no link object to pin. Converting dropped, i.e. detached, it.
+                tracing::warn!("this kernel attaches XDP through netlink; the program cannot be pinned and stops when the gateway exits");
+                self.attach(interface, if mode_name == "native" { AttachMode::Native } else { AttachMode::Skb })?;
+            }
+        }
+        Ok(mode_name)
+    }
+
+    fn take_over_link(&mut self, path: &Path) -> Result<(), XdpError> {
+        let err = |message: String| XdpError::Link { path: path.to_path_buf(), message };
+        let pinned = PinnedLink::from_pin(path).map_err(|e| err(chain(&e)))?;
+        let link = XdpLink::try_from(FdLink::from(pinned)).map_err(|e: LinkError| err(chain(&e)))?;
+        self.program()?.attach_to_link(link).map_err(|e| err(chain(&e)))?;
+        Ok(())
+    }
+
+    /// The pin folder, when state is pinned.
+    pub fn pin_dir(&self) -> Option<&Path> {
+        self.pin_dir.as_deref()
     }
 
     fn program(&mut self) -> Result<&mut Xdp, XdpError> {
@@ -231,15 +422,15 @@ impl Kernel {
     pub fn test_run(&mut self, frame: &[u8]) -> Result<u32, XdpError> {
         let prog = self.program()?;
         let opts = TestRunOptions { data_in: Some(frame), ..TestRunOptions::new() };
-        prog.test_run(opts).map(|r| r.return_value).map_err(XdpError::TestRun)
+        prog.test_run(opts).map(|r| r.return_value).map_err(|e| XdpError::TestRun(Box::new(e)))
     }
 
-    fn attach(&mut self, interface: &str, mode: AttachMode) -> Result<&'static str, XdpError> {
+    fn attach(&mut self, interface: &str, mode: AttachMode) -> Result<(&'static str, XdpLinkId), XdpError> {
         let prog = self.program()?;
         let try_mode = |prog: &mut Xdp, m: XdpMode, name: &'static str, hint: &'static str| {
             prog.attach(interface, m)
-                .map(|_| name)
-                .map_err(|source| XdpError::Attach { interface: interface.to_string(), mode: name, source, hint })
+                .map(|id| (name, id))
+                .map_err(|source| XdpError::Attach { interface: interface.to_string(), mode: name, source: Box::new(source), hint })
         };
         const NATIVE_HINT: &str = "the driver may not support native XDP; use xdp.attach_mode = \"skb\" (or \"auto\")";
         const SKB_HINT: &str = "check that the interface exists (`ip link`) and has no other XDP program (`ip link show dev IFACE`)";
