@@ -8,7 +8,7 @@
 
 mod raw;
 
-pub use raw::RawConfig;
+pub use raw::{RawAdminToken, RawConfig};
 
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
