@@ -110,8 +110,32 @@ impl Bans {
         for c in &changes {
             enforce::apply(node, c, self.cfg.close_live_connections);
         }
+        self.drop_stale_rules(node);
         self.loaded.store(true, Ordering::Release);
         Ok(changes.len())
+    }
+
+    /// Remove ban rules the kernel still holds from an earlier run (pinned
+    /// maps survive restarts) that neither the store nor `xdp.blacklist`
+    /// knows: they were lifted or expired while this node was down.
+    fn drop_stale_rules(&self, node: &Node) {
+        let st = self.state.lock();
+        let stale: Vec<crate::defense::IpNet> = node
+            .defense
+            .rules()
+            .into_iter()
+            .filter(|r| r.kind == crate::defense::RuleKind::Ban)
+            .map(|r| r.net)
+            .filter(|net| st.set.get(&Target::Net(*net)).is_none())
+            .filter(|net| !(net.is_host() && node.config.xdp.blacklist.iter().any(|ip| crate::defense::IpNet::host(*ip) == *net)))
+            .collect();
+        drop(st);
+        for net in stale {
+            match node.defense.remove_rule(net, crate::defense::RuleKind::Ban) {
+                Ok(_) => tracing::info!(target = %net, "lifted a kernel ban left from an earlier run that the ban store no longer has"),
+                Err(e) => tracing::warn!(target = %net, error = %e, "could not lift a stale kernel ban"),
+            }
+        }
     }
 
     /// Add or replace a ban and enforce it now. The file is written by the

@@ -165,3 +165,97 @@ async fn flush(node: &Node, kv: &dyn Kv) -> Result<(), KvError> {
 pub fn key_for(prefix: &str, target: &Target) -> String {
     format!("{prefix}{target}")
 }
+
+#[cfg(test)]
+mod tests {
+    //! The replication logic against the in-memory store: no etcd, no sockets.
+    use super::*;
+    use crate::bans::replica::MemKv;
+    use crate::bans::{Ban, BanMode};
+    use crate::config::Config;
+
+    fn node(tag: &str) -> Arc<Node> {
+        let mut config = Config::defaults();
+        config.xdp.enabled = false;
+        config.cluster.etcd_endpoints = vec!["http://unused".into()];
+        config.bans.file = std::env::temp_dir().join(format!("gw-sync-{tag}-{}.json", std::process::id()));
+        let _ = std::fs::remove_file(&config.bans.file);
+        let verifier = crate::auth::Verifier::new(&config.auth, Some(&[7u8; 32]), 64).expect("verifier");
+        let upstream = crate::upstream::Upstream::from_config(&config.upstream).expect("upstream");
+        let defense = crate::defense::Defense::start(&config.xdp, "127.0.0.1:1".parse().unwrap());
+        Arc::new(Node::new(config, verifier, upstream, defense))
+    }
+
+    fn ban(target: &str) -> Ban {
+        Ban {
+            target: Target::parse(target, false).unwrap(),
+            reason: "test".into(),
+            by: "alice".into(),
+            created: SystemTime::now(),
+            until: None,
+            mode: BanMode::Enforce,
+        }
+    }
+
+    async fn until(what: &str, f: impl Fn() -> bool) {
+        for _ in 0..200 {
+            if f() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        panic!("timed out waiting for: {what}");
+    }
+
+    #[tokio::test]
+    async fn changes_flow_both_ways_and_survive_an_outage() {
+        let kv = MemKv::default();
+        let (a, b) = (node("a"), node("b"));
+        tokio::spawn(replicate(a.clone(), Arc::new(kv.clone())));
+        tokio::spawn(replicate(b.clone(), Arc::new(kv.clone())));
+        until("both connected", || a.bans.etcd_connected() && b.bans.etcd_connected()).await;
+
+        a.bans.add(&a, ban("192.0.2.1")).unwrap();
+        until("b has a's ban and enforces it", || b.defense.is_blocked("192.0.2.1".parse().unwrap())).await;
+        assert_eq!(kv.keys(), vec!["/gateway/bans/192.0.2.1"]);
+
+        // Outage: b bans locally; it applies at once and is queued.
+        kv.set_down(true);
+        until("b sees the outage", || !b.bans.etcd_connected()).await;
+        b.bans.add(&b, ban("uid:mallory")).unwrap();
+        assert!(b.bans.uid_ban("mallory").is_some());
+        assert_eq!(b.bans.unsynced(), 1);
+        // Meanwhile nobody can lift a's ban on b: b keeps its last-known list.
+        assert!(b.defense.is_blocked("192.0.2.1".parse().unwrap()));
+
+        kv.set_down(false);
+        until("the queued ban reached a", || a.bans.uid_ban("mallory").is_some()).await;
+        assert_eq!(b.bans.unsynced(), 0);
+
+        // A delete in the store (by another node) lifts it everywhere.
+        a.bans.remove(&a, &Target::parse("192.0.2.1", false).unwrap());
+        until("b lifted it", || !b.defense.is_blocked("192.0.2.1".parse().unwrap())).await;
+        a.shutdown.cancel();
+        b.shutdown.cancel();
+    }
+
+    #[tokio::test]
+    async fn resync_drops_bans_deleted_while_disconnected_but_keeps_pending_ones() {
+        let kv = MemKv::default();
+        let a = node("resync");
+        // Known locally and already synced: not in the store any more.
+        a.bans.add(&a, ban("192.0.2.50")).unwrap();
+        a.bans.synced(&Target::parse("192.0.2.50", false).unwrap(), 0);
+        // Made locally while disconnected: must be pushed, not dropped.
+        a.bans.add(&a, ban("192.0.2.51")).unwrap();
+        kv.put("/gateway/bans/uid:zed", serde_json::to_vec(&ban("uid:zed")).unwrap(), None).await.unwrap();
+        tokio::spawn(replicate(a.clone(), Arc::new(kv.clone())));
+        until("connected", || a.bans.etcd_connected()).await;
+        let mut got: Vec<String> = a.bans.list().iter().map(|b| b.target.to_string()).collect();
+        got.sort();
+        assert_eq!(got, vec!["192.0.2.51", "uid:zed"]);
+        assert!(!a.defense.is_blocked("192.0.2.50".parse().unwrap()), "the dropped ban left the kernel mirror too");
+        assert_eq!(kv.keys(), vec!["/gateway/bans/192.0.2.51", "/gateway/bans/uid:zed"]);
+        a.shutdown.cancel();
+    }
+}
