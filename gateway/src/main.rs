@@ -30,6 +30,8 @@ enum Command {
     Client(ClientArgs),
     /// Check a config file and print every problem.
     CheckConfig(ConfigArgs),
+    /// Ban, unban and list bans through a node's admin API (docs/admin-api.md).
+    Ban(BanArgs),
     /// Load generator: open many logged-in sessions and hold them (bounded).
     Load(LoadArgs),
 }
@@ -180,6 +182,7 @@ fn main() -> ExitCode {
             Command::Client(a) => client(a).await,
             Command::CheckConfig(a) => a.load().map(|_| println!("configuration OK")),
             Command::Load(a) => load(a).await,
+            Command::Ban(a) => ban(a).await,
         }
     });
     match result {
@@ -358,4 +361,130 @@ fn explain(e: ClientError) -> anyhow::Error {
         ClientError::Closed => anyhow::anyhow!("the server closed the connection"),
         other => other.into(),
     }
+}
+
+#[derive(Args)]
+struct BanArgs {
+    /// The admin API of any node (bans are shared through etcd when configured).
+    #[arg(long, env = "GATEWAY_ADMIN_URL", default_value = "http://127.0.0.1:7081", global = true)]
+    admin_url: String,
+    /// Your token (one of admin.tokens); the audit log records its name.
+    #[arg(long, env = "GATEWAY_ADMIN_TOKEN", hide_env_values = true, global = true)]
+    token: Option<String>,
+    #[command(subcommand)]
+    action: BanAction,
+}
+
+#[derive(Subcommand)]
+enum BanAction {
+    /// Ban addresses, networks (CIDR) or users (`uid:<uid>`).
+    Add {
+        #[arg(required = true)]
+        targets: Vec<String>,
+        /// Why: shown to kicked users and kept in the audit log.
+        #[arg(long)]
+        reason: String,
+        /// How long, e.g. 30m, 12h, 7d (default: until removed).
+        #[arg(long, conflicts_with = "until")]
+        ttl: Option<String>,
+        /// When it ends, RFC 3339 (e.g. 2030-01-02T03:04:05Z).
+        #[arg(long)]
+        until: Option<String>,
+        /// Count matches but let them through.
+        #[arg(long)]
+        monitor: bool,
+        /// Allow a /0 (every address).
+        #[arg(long)]
+        force: bool,
+    },
+    /// Lift bans.
+    Rm {
+        #[arg(required = true)]
+        targets: Vec<String>,
+        #[arg(long)]
+        reason: Option<String>,
+    },
+    /// List bans.
+    Ls {
+        /// Substring of target, reason or author.
+        #[arg(long)]
+        q: Option<String>,
+        /// `ip` or `uid`.
+        #[arg(long)]
+        kind: Option<String>,
+        /// Exact author, e.g. `detector:conn_rate`.
+        #[arg(long)]
+        by: Option<String>,
+        /// Only bans covering this address.
+        #[arg(long)]
+        ip: Option<String>,
+        /// Print the API's JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+async fn ban(a: BanArgs) -> anyhow::Result<()> {
+    let base = a.admin_url.trim_end_matches('/').to_string();
+    let http = reqwest::Client::builder().timeout(Duration::from_secs(30)).build().context("building the HTTP client")?;
+    let auth = |r: reqwest::RequestBuilder| match &a.token {
+        Some(t) => r.bearer_auth(t),
+        None => r,
+    };
+    // The API answers errors as {"error": "..."}: show that, not a status line.
+    async fn answer(r: reqwest::Response) -> anyhow::Result<serde_json::Value> {
+        let status = r.status();
+        let v: serde_json::Value = r.json().await.unwrap_or(serde_json::Value::Null);
+        if !status.is_success() {
+            let msg = v["error"].as_str().map(str::to_string).unwrap_or_else(|| v.to_string());
+            let hint = if status == reqwest::StatusCode::UNAUTHORIZED { " (pass --token or set GATEWAY_ADMIN_TOKEN)" } else { "" };
+            bail!("{status}: {msg}{hint}");
+        }
+        Ok(v)
+    }
+    let send = |r: reqwest::RequestBuilder| {
+        let base = base.clone();
+        async move { r.send().await.with_context(|| format!("calling the admin API at {base}")) }
+    };
+    match a.action {
+        BanAction::Add { targets, reason, ttl, until, monitor, force } => {
+            let mode = if monitor { "monitor" } else { "enforce" };
+            let bans: Vec<serde_json::Value> = targets
+                .iter()
+                .map(|t| serde_json::json!({ "target": t, "reason": reason, "ttl": ttl, "until": until, "mode": mode, "force": force }))
+                .collect();
+            let v = answer(send(auth(http.post(format!("{}/v1/bans/bulk", a.admin_url.trim_end_matches('/'))).json(&serde_json::json!({ "bans": bans })))).await?).await?;
+            println!("added {}, replaced {}", v["added"], v["replaced"]);
+        }
+        BanAction::Rm { targets, reason } => {
+            for t in targets {
+                let mut r = http.delete(format!("{}/v1/bans/{t}", a.admin_url.trim_end_matches('/')));
+                if let Some(reason) = &reason {
+                    r = r.query(&[("reason", reason)]);
+                }
+                answer(send(auth(r)).await?).await.with_context(|| format!("removing {t}"))?;
+                println!("removed {t}");
+            }
+        }
+        BanAction::Ls { q, kind, by, ip, json } => {
+            let mut query: Vec<(&str, String)> = Vec::new();
+            for (k, v) in [("q", q), ("kind", kind), ("by", by), ("ip", ip)] {
+                if let Some(v) = v {
+                    query.push((k, v));
+                }
+            }
+            let v = answer(send(auth(http.get(format!("{}/v1/bans", a.admin_url.trim_end_matches('/'))).query(&query))).await?).await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&v)?);
+                return Ok(());
+            }
+            println!("{:<40} {:<8} {:<25} {:<20} REASON", "TARGET", "MODE", "UNTIL", "BY");
+            for b in v["bans"].as_array().into_iter().flatten() {
+                let s = |k: &str| b[k].as_str().unwrap_or("-").to_string();
+                println!("{:<40} {:<8} {:<25} {:<20} {}", s("target"), s("mode"), s("until"), s("by"), s("reason"));
+            }
+            eprintln!("{} of {} bans", v["matched"], v["total"]);
+        }
+    }
+    Ok(())
 }

@@ -26,7 +26,7 @@ pub enum TargetError {
     Net(#[from] IpNetError),
     #[error("uid {0:?} is empty, too long, or has whitespace/control characters")]
     Uid(String),
-    #[error("{0} covers every address; pass \"force\": true if you really mean it")]
+    #[error("{0} covers every address; set \"force\": true (CLI: --force) if you really mean it")]
     Everything(IpNet),
 }
 
