@@ -49,7 +49,9 @@ pub const BAN_CIDR_CAPACITY: u32 = 16_384;
 pub const ALLOW_CAPACITY: u32 = 4_096;
 /// LRU: under a spoofed-source flood old buckets are evicted, which at worst
 /// hands an evicted source a fresh burst; it never blocks anyone wrongly.
-pub const SYN_BUCKETS_CAPACITY: u32 = 262_144;
+/// LRU maps are always preallocated (about 80 bytes an entry with per-CPU
+/// free lists), so this is 5 MiB and part of every program load's time.
+pub const SYN_BUCKETS_CAPACITY: u32 = 65_536;
 pub const LISTEN_PORTS_CAPACITY: u32 = 64;
 
 /// How many IPv6 extension headers the program walks before giving up and

@@ -42,10 +42,12 @@ use gateway_common::{
 static ALLOW_V4: LpmTrie<[u8; 4], AllowEntry> = LpmTrie::with_max_entries(ALLOW_CAPACITY, 0);
 #[map]
 static ALLOW_V6: LpmTrie<[u8; 16], AllowEntry> = LpmTrie::with_max_entries(ALLOW_CAPACITY, 0);
+// Written only from userspace, so entries are allocated on insert rather
+// than preallocated: an empty 64k-entry ban map then costs nothing.
 #[map]
-static BAN_V4: HashMap<u32, BanEntry> = HashMap::with_max_entries(BAN_EXACT_CAPACITY, 0);
+static BAN_V4: HashMap<u32, BanEntry> = HashMap::with_max_entries(BAN_EXACT_CAPACITY, BPF_F_NO_PREALLOC);
 #[map]
-static BAN_V6: HashMap<[u8; 16], BanEntry> = HashMap::with_max_entries(BAN_EXACT_CAPACITY, 0);
+static BAN_V6: HashMap<[u8; 16], BanEntry> = HashMap::with_max_entries(BAN_EXACT_CAPACITY, BPF_F_NO_PREALLOC);
 #[map]
 static BAN_CIDR_V4: LpmTrie<[u8; 4], BanEntry> = LpmTrie::with_max_entries(BAN_CIDR_CAPACITY, 0);
 #[map]
@@ -59,6 +61,9 @@ static LISTEN_PORTS: HashMap<u16, u8> = HashMap::with_max_entries(LISTEN_PORTS_C
 static CONFIG: Array<RuntimeConfig> = Array::with_max_entries(1, 0);
 #[map]
 static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(Counter::COUNT, 0);
+
+/// linux/bpf.h; a literal because the bindings module is per host arch.
+const BPF_F_NO_PREALLOC: u32 = 1;
 
 const ETH_HLEN: usize = 14;
 const ETH_P_IPV4: u16 = 0x0800;
