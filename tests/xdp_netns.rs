@@ -17,7 +17,7 @@ use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
 use gateway::config::{AttachMode, XdpConfig};
-use gateway::defense::{Defense, Enforcement, IpNet, Options, Rule};
+use gateway::defense::{Defense, Enforcement, IpNet, KernelPolicy, Options, Rule, SynLimit};
 use gateway_tests::netns::{self, VethPair};
 use socket2::{Domain, Socket, Type};
 
@@ -142,6 +142,36 @@ fn defense_drops_blacklisted_sources_on_veth() {
     // Detaching proves it was XDP that dropped: the same source now connects.
     drop(defense);
     assert_connects(&pair, BAD_V4, v4, "program detached on drop");
+}
+
+/// Real SYNs through the veth: the limiter's port match and byte order are
+/// right only if real packets hit it.
+#[test]
+fn syn_limiter_drops_connection_bursts_over_the_limit() {
+    if !netns::privileged("syn_limiter_drops_connection_bursts_over_the_limit") {
+        return;
+    }
+    let object = xdp_object();
+    let pair = pair();
+    let v4: SocketAddr = format!("{SERVER_V4}:7447").parse().unwrap();
+    let other: SocketAddr = format!("{SERVER_V4}:7448").parse().unwrap();
+    let cfg = XdpConfig { enabled: true, interface: None, attach_mode: AttachMode::Auto, object: Some(object), blacklist: Vec::new() };
+    // Rate 0: no refill at all during the test, so the count is exact.
+    let policy = KernelPolicy { syn_limit: Some(SynLimit { rate_per_sec: 0, burst: 3 }), ..KernelPolicy::for_port(v4.port()) };
+    let opts = Options { policy, pin_dir: None };
+    let (defense, _l, _o) = pair.server.run(move || {
+        let d = Defense::start_with(&cfg, v4, opts);
+        (d, TcpListener::bind(v4).expect("bind"), TcpListener::bind(other).expect("bind other"))
+    });
+    assert!(matches!(defense.enforcement(), Enforcement::Xdp { .. }), "{:?}", defense.enforcement());
+    for i in 1..=3 {
+        assert_connects(&pair, GOOD_V4, v4, &format!("SYN {i} of a burst of 3"));
+    }
+    assert_dropped(&pair, GOOD_V4, v4, "4th connection over the burst");
+    assert_connects(&pair, BAD_V4, v4, "another source has its own bucket");
+    assert_connects(&pair, GOOD_V4, other, "a port the gateway does not listen on is not limited");
+    let c = counters(&defense);
+    assert!(c["drop_syn_rate"] >= 1, "{c:?}");
 }
 
 /// A private BPF filesystem for one test, so its pins never touch the host's

@@ -335,3 +335,47 @@ fn syn_limiter_counts_only_pure_syns_to_listening_ports() {
     p.k.set_policy(&KernelPolicy { monitor: true, syn_limit: Some(limit), ..policy() }).unwrap();
     p.expect("SYN over limit, monitor", &f(PORT, SYN), XDP_PASS, "monitor_syn_rate");
 }
+
+/// The userspace fallback (`RuleSet::judge`) must decide exactly like the
+/// kernel for every source: same drop/pass, same reason.
+#[test]
+fn userspace_rules_agree_with_the_kernel() {
+    if skip("userspace_rules_agree_with_the_kernel") {
+        return;
+    }
+    use gateway::defense::RuleSet;
+    let mut rules = rules();
+    rules.extend([
+        Rule { monitor: true, ..Rule::ban("203.0.113.0/28".parse().unwrap()) },
+        Rule::ban("203.0.113.0/24".parse().unwrap()),
+        Rule { monitor: true, ..Rule::ban(IpNet::host("203.0.113.200".parse().unwrap())) },
+        Rule { monitor: true, ..Rule::ban(IpNet::host("2001:db8:1::5".parse().unwrap())) },
+        Rule::ban("2001:db8:1::/64".parse().unwrap()),
+        Rule::allow("10.0.0.0/8".parse().unwrap()),
+        Rule::ban("10.1.2.3".parse().unwrap()),
+    ]);
+    let sources = [
+        CLEAN, BANNED, "198.51.100.7", "198.51.100.8", "203.0.113.1", "203.0.113.20", "203.0.113.200", "10.1.2.3",
+        "::ffff:192.0.2.66", "::ffff:203.0.113.1", "::ffff:10.1.2.3", BANNED6, CLEAN6, "2001:db8:bad::1",
+        "2001:db8:bad:1::1", "2001:db8:1::5", "2001:db8:1::6", "2001:db8:2::1",
+    ];
+    for monitor in [false, true] {
+        let policy = KernelPolicy { monitor, ..policy() };
+        let mut p = Prog::load(policy, &rules);
+        let mut set = RuleSet::default();
+        set.monitor = monitor;
+        for r in &rules {
+            set.insert(*r);
+        }
+        for src in sources {
+            let ip: IpAddr = src.parse().unwrap();
+            let frame = match ip {
+                IpAddr::V4(_) => eth4(&ipv4(src, 17, 0, &[0; 8])),
+                IpAddr::V6(_) => eth6(&ipv6(src, 17, &[0; 8])),
+            };
+            let want = set.judge(ip, Instant::now());
+            let what = format!("{src} (global monitor {monitor})");
+            p.expect(&what, &frame, if want.drop { XDP_DROP } else { XDP_PASS }, want.reason.name());
+        }
+    }
+}
