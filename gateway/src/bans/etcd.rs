@@ -155,6 +155,10 @@ impl Kv for EtcdHttp {
         })
     }
 
+    fn ping(&self) -> KvFuture<'_, ()> {
+        Box::pin(async move { self.call("/v3/maintenance/status", json!({})).await.map(|_| ()) })
+    }
+
     fn watch<'a>(&'a self, prefix: &'a str, after_revision: i64) -> KvFuture<'a, Watch> {
         Box::pin(async move {
             let body = json!({ "create_request": {

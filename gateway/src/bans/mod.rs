@@ -26,7 +26,7 @@ use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::SystemTime;
 
-use parking_lot::Mutex;
+use parking_lot::RwLock;
 use tokio::sync::Notify;
 
 pub use file::FileError;
@@ -55,7 +55,9 @@ pub struct Bans {
     cfg: BansConfig,
     /// etcd is configured: local changes are queued for it.
     replicated: bool,
-    state: Mutex<State>,
+    /// Read on every login (uid bans), written on changes: a read lock keeps
+    /// a login storm from serialising on it.
+    state: RwLock<State>,
     /// Serialises file writes; the snapshot is taken under it, so an older
     /// snapshot can never overwrite a newer one.
     save_lock: tokio::sync::Mutex<()>,
@@ -70,7 +72,7 @@ pub struct Bans {
 impl Bans {
     pub fn new(cfg: &BansConfig, replicated: bool) -> Bans {
         Bans {
-            state: Mutex::new(State { set: BanSet::new(cfg.max_entries), ..State::default() }),
+            state: RwLock::new(State { set: BanSet::new(cfg.max_entries), ..State::default() }),
             cfg: cfg.clone(),
             replicated,
             save_lock: tokio::sync::Mutex::new(()),
@@ -92,7 +94,7 @@ impl Bans {
         let now = SystemTime::now();
         let mut changes = Vec::new();
         {
-            let mut st = self.state.lock();
+            let mut st = self.state.write();
             if let Some(snap) = snap {
                 for ban in snap.bans.into_iter().filter(|b| b.live(now)) {
                     match st.set.put(ban) {
@@ -119,7 +121,7 @@ impl Bans {
     /// maps survive restarts) that neither the store nor `xdp.blacklist`
     /// knows: they were lifted or expired while this node was down.
     fn drop_stale_rules(&self, node: &Node) {
-        let st = self.state.lock();
+        let st = self.state.read();
         let stale: Vec<crate::defense::IpNet> = node
             .defense
             .rules()
@@ -142,7 +144,7 @@ impl Bans {
     /// persister shortly after; call [`Bans::persist`] to wait for it.
     pub fn add(&self, node: &Node, ban: Ban) -> Result<Option<Change>, SetError> {
         let change = {
-            let mut st = self.state.lock();
+            let mut st = self.state.write();
             let change = st.set.put(ban.clone())?;
             if change.is_some() {
                 self.mark_pending(&mut st, ban.target.clone());
@@ -159,7 +161,7 @@ impl Bans {
     /// Lift a ban; `None` when there was none.
     pub fn remove(&self, node: &Node, target: &Target) -> Option<Ban> {
         let change = {
-            let mut st = self.state.lock();
+            let mut st = self.state.write();
             let change = st.set.remove(target);
             if change.is_some() {
                 self.mark_pending(&mut st, target.clone());
@@ -188,7 +190,11 @@ impl Bans {
     pub fn sweep(&self, node: &Node, now: SystemTime) -> usize {
         // Expiry is not replicated as a delete: every node expires on its own
         // clock, and the etcd lease removes the key there.
-        let changes = self.state.lock().set.expire(now);
+        // The scan runs under the read lock; logins only wait when something expired.
+        if self.state.read().set.iter().all(|b| b.live(now)) {
+            return 0;
+        }
+        let changes = self.state.write().set.expire(now);
         for c in &changes {
             enforce::apply(node, c, self.cfg.close_live_connections);
             if let Change::Removed(b) = c {
@@ -205,7 +211,7 @@ impl Bans {
     pub async fn persist(&self) -> Result<(), FileError> {
         let _guard = self.save_lock.lock().await;
         let snap = {
-            let st = self.state.lock();
+            let st = self.state.read();
             file::Snapshot::new(st.set.iter().cloned().collect(), st.pending.keys().cloned().collect())
         };
         let path = self.cfg.file.clone();
@@ -216,16 +222,16 @@ impl Bans {
     }
 
     pub fn get(&self, target: &Target) -> Option<Ban> {
-        self.state.lock().set.get(target).cloned()
+        self.state.read().set.get(target).cloned()
     }
 
     /// Every ban, ordered by target.
     pub fn list(&self) -> Vec<Ban> {
-        self.state.lock().set.iter().cloned().collect()
+        self.state.read().set.iter().cloned().collect()
     }
 
     pub fn len(&self) -> usize {
-        self.state.lock().set.len()
+        self.state.read().set.len()
     }
 
     pub fn is_empty(&self) -> bool {
@@ -234,7 +240,7 @@ impl Bans {
 
     /// The live ban on `uid`, if any (login path).
     pub fn uid_ban(&self, uid: &str) -> Option<Ban> {
-        self.state.lock().set.uid_ban(uid, SystemTime::now()).cloned()
+        self.state.read().set.uid_ban(uid, SystemTime::now()).cloned()
     }
 
     pub fn is_replicated(&self) -> bool {
@@ -255,18 +261,18 @@ impl Bans {
 
     /// Local changes not yet in etcd.
     pub fn unsynced(&self) -> usize {
-        self.state.lock().pending.len()
+        self.state.read().pending.len()
     }
 
     /// Pending targets with their generations, and the ban each now has (if any).
     pub(crate) fn pending_snapshot(&self) -> Vec<(Target, u64, Option<Ban>)> {
-        let st = self.state.lock();
+        let st = self.state.read();
         st.pending.iter().map(|(t, g)| (t.clone(), *g, st.set.get(t).cloned())).collect()
     }
 
     /// Mark `target` synced, unless it changed again since generation `gen`.
     pub(crate) fn synced(&self, target: &Target, gen: u64) {
-        let mut st = self.state.lock();
+        let mut st = self.state.write();
         if st.pending.get(target) == Some(&gen) {
             st.pending.remove(target);
         }
@@ -276,7 +282,7 @@ impl Bans {
     /// local changes that have not reached etcd yet.
     pub(crate) fn apply_listing(&self, node: &Node, remote: Vec<Ban>) {
         let changes = {
-            let mut st = self.state.lock();
+            let mut st = self.state.write();
             let State { set, pending, .. } = &mut *st;
             set.replace_with(remote, &|t| pending.contains_key(t), SystemTime::now())
         };
@@ -286,7 +292,7 @@ impl Bans {
     /// One ban written or deleted in etcd by any node (ourselves included).
     pub(crate) fn apply_remote(&self, node: &Node, target: &Target, ban: Option<Ban>) {
         let changes: Vec<Change> = {
-            let mut st = self.state.lock();
+            let mut st = self.state.write();
             // A local change still on its way to etcd wins over older news.
             if st.pending.contains_key(target) {
                 return;

@@ -45,6 +45,9 @@ pub trait Kv: Send + Sync + 'static {
     fn delete<'a>(&'a self, key: &'a str) -> KvFuture<'a, ()>;
     fn list<'a>(&'a self, prefix: &'a str) -> KvFuture<'a, Listing>;
     fn watch<'a>(&'a self, prefix: &'a str, after_revision: i64) -> KvFuture<'a, Watch>;
+    /// A cheap call that fails when the store is unreachable: a watch on a
+    /// silently partitioned connection would otherwise just go quiet.
+    fn ping(&self) -> KvFuture<'_, ()>;
 }
 
 /// In-memory store for tests: one shared map, watchers, and an off switch.
@@ -113,6 +116,14 @@ impl Kv for MemKv {
             }
             let kvs = m.kvs.iter().filter(|(k, _)| k.starts_with(prefix)).map(|(k, v)| (k.clone(), v.clone())).collect();
             Ok(Listing { kvs, revision: m.revision })
+        })
+    }
+    fn ping(&self) -> KvFuture<'_, ()> {
+        Box::pin(async move {
+            match self.inner.lock().down {
+                true => Err(KvError::Unreachable("test store is down".into())),
+                false => Ok(()),
+            }
         })
     }
     fn watch<'a>(&'a self, prefix: &'a str, _after: i64) -> KvFuture<'a, Watch> {

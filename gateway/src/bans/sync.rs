@@ -22,6 +22,8 @@ use crate::node::Node;
 const SWEEP_EVERY: Duration = Duration::from_millis(250);
 const RETRY_MIN: Duration = Duration::from_millis(200);
 const RETRY_MAX: Duration = Duration::from_secs(5);
+/// How often a quiet watch is checked with a ping.
+const PING_EVERY: Duration = Duration::from_secs(5);
 
 /// Write the file whenever something changed (coalescing bursts).
 pub async fn persister(node: Arc<Node>) {
@@ -102,8 +104,12 @@ async fn round(node: &Node, kv: &dyn Kv, backoff: &mut Duration) -> Result<(), K
     tracing::info!(bans = bans.len(), revision = listing.revision, "ban store in sync with etcd");
     // Changes made between the flush and the watch are pushed now.
     flush(node, kv).await?;
+    let mut ping = tokio::time::interval(PING_EVERY);
+    ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    ping.tick().await;
     loop {
         tokio::select! {
+            _ = ping.tick() => kv.ping().await?,
             events = watch.recv() => match events {
                 Some(Ok(events)) => {
                     for ev in events {
