@@ -192,3 +192,27 @@ async fn ipv6_sources_are_counted_per_prefix() {
     eventually(T, "the /64 is banned", || async { n.admin.targets().await == vec!["::/64".to_string()] }).await;
     n.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_auto_ban_never_replaces_a_staff_ban() {
+    let state = TempDir::new("abuse-staff");
+    let mut n = BanNode::start(&state, |c| {
+        c.abuse.conn_rate = 2;
+        c.abuse.conn_rate_window = "10s".into();
+    })
+    .await;
+    let src = "127.0.0.13";
+    // Staff are watching this source in monitor mode, permanently.
+    let (s, _) = n.admin.post("/v1/bans", serde_json::json!({"target": src, "reason": "watching", "mode": "monitor"})).await;
+    assert_eq!(s, 201);
+    for _ in 0..4 {
+        let _ = n.login_from(src, "w").await;
+    }
+    let (_, ban) = n.admin.get(&format!("/v1/bans/{src}")).await;
+    assert_eq!((ban["by"].as_str(), ban["mode"].as_str()), (Some("alice"), Some("monitor")), "{ban}");
+    assert!(ban.get("until").is_none(), "still permanent: {ban}");
+    let (_, stats) = n.admin.get("/v1/stats").await;
+    assert_eq!(stats["auto_bans"], 0, "{stats}");
+    assert!(stats["detector_hits"]["conn_rate"].as_u64() >= Some(1), "the flood is still refused: {stats}");
+    n.stop().await;
+}

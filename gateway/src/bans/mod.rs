@@ -340,6 +340,12 @@ pub fn auto_ban(node: &Node, source: crate::defense::IpNet, detector: &str, reas
     let by = format!("detector:{detector}");
     let ban = Ban { target: Target::Net(source), reason, by: by.clone(), created: now, until: Some(now + cfg.auto_ban_ttl), mode: cfg.auto_ban_mode };
     let (target, reason) = (ban.target.to_string(), ban.reason.clone());
+    // Never replace an existing ban: a staff ban (permanent, or in monitor
+    // mode while they watch a source) must not become a 10-minute one, and a
+    // monitor-mode auto-ban is not re-issued every window.
+    if node.bans.get(&ban.target).is_some_and(|b| b.live(now)) {
+        return;
+    }
     match node.bans.add(node, ban) {
         Ok(_) => {
             node.metrics.auto_bans.inc();
