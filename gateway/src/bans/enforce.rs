@@ -23,6 +23,12 @@ pub fn apply(node: &Node, change: &Change, close_live: bool) {
         }
         Change::Removed(ban) => {
             if let Target::Net(net) = &ban.target {
+                // The same address may also be on the static `xdp.blacklist`,
+                // which the config owns: lifting our ban must not lift that.
+                if net.is_host() && node.config.xdp.blacklist.iter().any(|ip| crate::defense::IpNet::host(*ip) == *net) {
+                    tracing::info!(target = %ban.target, "ban lifted; the address stays blocked by xdp.blacklist");
+                    return;
+                }
                 match node.defense.remove_rule(*net, RuleKind::Ban) {
                     Ok(_) => {}
                     Err(e) => {

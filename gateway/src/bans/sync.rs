@@ -39,10 +39,7 @@ pub async fn persister(node: Arc<Node>) {
             tracing::error!(error = %e, "could not save the ban list; bans are enforced but would not survive a restart");
         }
     }
-    // Last write on the way out.
-    if let Err(e) = node.bans.persist().await {
-        tracing::error!(error = %e, "could not save the ban list at shutdown");
-    }
+    // The final write at shutdown is `Gateway::shutdown`'s (it waits for it).
 }
 
 /// Lift expired bans on this node's clock.

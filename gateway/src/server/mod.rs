@@ -167,6 +167,10 @@ impl Gateway {
         if tokio::time::timeout(node.config.shutdown.grace, node.tasks.wait()).await.is_err() {
             tracing::warn!(remaining = node.tasks.len(), "shutdown grace elapsed; dropping remaining connections");
         }
+        // Auto-bans of the last moments may not have reached the file yet.
+        if let Err(e) = node.bans.persist().await {
+            tracing::error!(error = %e, "could not save the ban list at shutdown");
+        }
         for t in self.tasks {
             t.abort();
         }

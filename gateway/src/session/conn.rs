@@ -84,35 +84,59 @@ pub async fn run(
     let deadline = Instant::now() + node.config.session.login_timeout;
     match tls {
         Some(acceptor) => {
-            let handshake = tokio::select! {
-                // Boxed: the handshake state (~1.2 KiB) is freed once it is done
-                // instead of widening every idle connection's task.
-                r = tokio::time::timeout_at(deadline, Box::pin(acceptor.accept(tcp))) => r,
-                _ = node.shutdown.cancelled() => return,
+            // Boxed call: the handshake's state is freed when it completes, and
+            // only the boxed stream comes back, so the task that lives for the
+            // whole session holds no second copy of it.
+            let Some(framed) = Box::pin(handshake(&node, acceptor, tcp, peer, deadline)).await else {
+                return;
             };
-            match handshake {
-                Ok(Ok(stream)) => serve(&node, &mut guard, stream, peer, deadline).await,
-                Ok(Err(e)) => {
-                    node.metrics.tls_handshake_failures.inc();
-                    tracing::debug!(%peer, error = %e, "TLS handshake failed");
-                }
-                Err(_) => {
-                    node.metrics.tls_handshake_failures.inc();
-                    node.metrics.logins.inc("timeout");
-                    tracing::debug!(%peer, "TLS handshake did not finish before the login deadline");
-                }
-            }
+            serve(&node, &mut guard, framed, peer, deadline).await
         }
-        None => serve(&node, &mut guard, tcp, peer, deadline).await,
+        None => serve(&node, &mut guard, framed(&node, tcp), peer, deadline).await,
     }
 }
 
-async fn serve<S>(node: &Arc<Node>, guard: &mut ConnGuard<'_>, io: S, peer: SocketAddr, deadline: Instant)
+/// The connection's read side, on the heap: an async fn keeps its arguments
+/// and moved-from locals in its state, so passing the (1.2 KiB) TLS stream by
+/// value through a few calls would store it several times per connection.
+type Conn<S> = Box<FramedRead<S, FrameCodec>>;
+
+fn framed<S: AsyncRead>(node: &Node, io: S) -> Conn<S> {
+    Box::new(FramedRead::with_capacity(io, FrameCodec::new(node.config.session.max_prelogin_frame_bytes), READ_BUF_INITIAL))
+}
+
+async fn handshake(
+    node: &Node,
+    acceptor: TlsAcceptor,
+    tcp: TcpStream,
+    peer: SocketAddr,
+    deadline: Instant,
+) -> Option<Conn<tokio_rustls::server::TlsStream<TcpStream>>> {
+    let result = tokio::select! {
+        r = tokio::time::timeout_at(deadline, acceptor.accept(tcp)) => r,
+        _ = node.shutdown.cancelled() => return None,
+    };
+    match result {
+        Ok(Ok(stream)) => Some(framed(node, stream)),
+        Ok(Err(e)) => {
+            node.metrics.tls_handshake_failures.inc();
+            tracing::debug!(%peer, error = %e, "TLS handshake failed");
+            None
+        }
+        Err(_) => {
+            node.metrics.tls_handshake_failures.inc();
+            node.metrics.logins.inc("timeout");
+            tracing::debug!(%peer, "TLS handshake did not finish before the login deadline");
+            None
+        }
+    }
+}
+
+async fn serve<S>(node: &Arc<Node>, guard: &mut ConnGuard<'_>, mut framed: Conn<S>, peer: SocketAddr, deadline: Instant)
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
     let cfg = &node.config.session;
-    let mut framed = FramedRead::with_capacity(io, FrameCodec::new(cfg.max_prelogin_frame_bytes), READ_BUF_INITIAL);
     // Boxed for the same reason: the login wait must not size the idle task.
     let Some((identity, login_seq)) = Box::pin(admit(node, &mut framed, peer, deadline)).await else {
         return;
