@@ -198,6 +198,9 @@ pub struct RuleSet {
     allow: Lpm,
     ban_exact: HashMap<IpAddr, Rule>,
     ban_cidr: Lpm,
+    /// Entries per [`Table`] and family (index 0 = IPv4), kept up to date so
+    /// the capacity check stays O(1) during bulk inserts.
+    counts: [[usize; 2]; 3],
     /// Global monitor: every would-drop passes.
     pub monitor: bool,
 }
@@ -211,6 +214,14 @@ pub enum Table {
 }
 
 impl Table {
+    fn index(self) -> usize {
+        match self {
+            Table::Allow => 0,
+            Table::BanExact => 1,
+            Table::BanCidr => 2,
+        }
+    }
+
     pub fn of(rule: &Rule) -> Table {
         match (rule.kind, rule.net.is_host()) {
             (RuleKind::Allow, _) => Table::Allow,
@@ -238,10 +249,15 @@ impl Table {
 impl RuleSet {
     /// Entries of `table` in the same address family as `v4`.
     pub fn count(&self, table: Table, v4: bool) -> usize {
-        match table {
-            Table::Allow => self.allow.iter().filter(|r| r.net.addr.is_ipv4() == v4).count(),
-            Table::BanExact => self.ban_exact.keys().filter(|a| a.is_ipv4() == v4).count(),
-            Table::BanCidr => self.ban_cidr.iter().filter(|r| r.net.addr.is_ipv4() == v4).count(),
+        self.counts[table.index()][usize::from(!v4)]
+    }
+
+    fn adjust(&mut self, rule: &Rule, added: bool) {
+        let slot = &mut self.counts[Table::of(rule).index()][usize::from(!rule.net.addr.is_ipv4())];
+        if added {
+            *slot += 1;
+        } else {
+            *slot = slot.saturating_sub(1);
         }
     }
 
@@ -262,19 +278,27 @@ impl RuleSet {
 
     /// Inserts or replaces; true when it was new.
     pub fn insert(&mut self, rule: Rule) -> bool {
-        match Table::of(&rule) {
+        let fresh = match Table::of(&rule) {
             Table::Allow => self.allow.insert(rule),
             Table::BanExact => self.ban_exact.insert(rule.net.addr, rule).is_none(),
             Table::BanCidr => self.ban_cidr.insert(rule),
+        };
+        if fresh {
+            self.adjust(&rule, true);
         }
+        fresh
     }
 
     pub fn remove(&mut self, net: &IpNet, kind: RuleKind) -> Option<Rule> {
-        match (kind, net.is_host()) {
+        let removed = match (kind, net.is_host()) {
             (RuleKind::Allow, _) => self.allow.remove(net),
             (RuleKind::Ban, true) => self.ban_exact.remove(&net.addr),
             (RuleKind::Ban, false) => self.ban_cidr.remove(net),
+        };
+        if let Some(r) = &removed {
+            self.adjust(r, false);
         }
+        removed
     }
 
     /// Every rule, allowlist first, then bans, each sorted by prefix.
@@ -400,8 +424,20 @@ mod tests {
     fn capacity_counts_per_family_and_ignores_updates() {
         let mut rs = RuleSet::default();
         rs.insert(Rule::ban(net("10.0.0.1")));
+        rs.insert(Rule::ban(net("10.0.0.1")));
+        rs.insert(Rule::ban(net("2001:db8::/32")));
         assert_eq!(rs.count(Table::BanExact, true), 1);
         assert_eq!(rs.count(Table::BanExact, false), 0);
+        assert_eq!(rs.count(Table::BanCidr, false), 1);
         assert!(!rs.would_overflow(&Rule::ban(net("10.0.0.1"))));
+        rs.remove(&net("10.0.0.1"), RuleKind::Ban);
+        rs.remove(&net("10.0.0.1"), RuleKind::Ban);
+        assert_eq!(rs.count(Table::BanExact, true), 0);
+        // Fill the v6 exact table to its capacity: the next new one overflows.
+        for i in 0..Table::BanExact.capacity() as u128 {
+            rs.insert(Rule::ban(IpNet::host(IpAddr::V6(Ipv6Addr::from(0x2001_0db8_u128 << 96 | i)))));
+        }
+        assert!(rs.would_overflow(&Rule::ban(net("2001:db9::1"))));
+        assert!(!rs.would_overflow(&Rule::ban(net("10.9.9.9"))), "per family");
     }
 }
