@@ -267,9 +267,7 @@ async fn accept_loop(node: Arc<Node>, listener: TcpListener, tls: Option<TlsAcce
             continue;
         };
         let _ = tcp.set_nodelay(true);
-        let fut = conn::run(node.clone(), tcp, peer, tls.clone(), permit, slot);
-        tracing::trace!(bytes = std::mem::size_of_val(&fut), "connection task size");
-        node.tasks.spawn(fut);
+        node.tasks.spawn(conn::run(node.clone(), tcp, peer, tls.clone(), permit, slot));
     }
 }
 
