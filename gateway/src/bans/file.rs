@@ -32,11 +32,16 @@ pub struct Snapshot {
     /// Targets whose local state has not reached etcd yet (put or delete).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub unsynced: Vec<Target>,
+    /// Written by a node with etcd configured. A list written without etcd
+    /// is published to etcd when etcd is turned on, instead of being
+    /// replaced by etcd's (possibly empty) list.
+    #[serde(default)]
+    pub replicated: bool,
 }
 
 impl Snapshot {
-    pub fn new(bans: Vec<Ban>, unsynced: Vec<Target>) -> Snapshot {
-        Snapshot { version: VERSION, bans, unsynced }
+    pub fn new(bans: Vec<Ban>, unsynced: Vec<Target>, replicated: bool) -> Snapshot {
+        Snapshot { version: VERSION, bans, unsynced, replicated }
     }
 }
 
@@ -91,7 +96,7 @@ mod tests {
             until: None,
             mode: BanMode::Monitor,
         };
-        let snap = Snapshot::new(vec![ban.clone()], vec![ban.target.clone()]);
+        let snap = Snapshot::new(vec![ban.clone()], vec![ban.target.clone()], true);
         save(&path, &snap).unwrap();
         assert_eq!(load(&path).unwrap(), Some(snap));
         std::fs::write(&path, "{\"version\":1,\"bans\":[{\"target\":\"nope\"}]}").unwrap();

@@ -35,7 +35,7 @@ pub use model::{Ban, BanMode, BanSet, Change, SetError, Target, TargetError};
 use crate::config::BansConfig;
 use crate::node::Node;
 
-#[derive(Debug, Default)]
+#[derive(Debug)]
 struct State {
     set: BanSet,
     /// Targets changed locally and not yet written to etcd, with the
@@ -43,12 +43,6 @@ struct State {
     /// an older write finishing).
     pending: BTreeMap<Target, u64>,
     next_gen: u64,
-}
-
-impl Default for BanSet {
-    fn default() -> Self {
-        BanSet::new(0)
-    }
 }
 
 pub struct Bans {
@@ -72,7 +66,7 @@ pub struct Bans {
 impl Bans {
     pub fn new(cfg: &BansConfig, replicated: bool) -> Bans {
         Bans {
-            state: RwLock::new(State { set: BanSet::new(cfg.max_entries), ..State::default() }),
+            state: RwLock::new(State { set: BanSet::new(cfg.max_entries), pending: BTreeMap::new(), next_gen: 0 }),
             cfg: cfg.clone(),
             replicated,
             save_lock: tokio::sync::Mutex::new(()),
@@ -96,9 +90,21 @@ impl Bans {
         {
             let mut st = self.state.write();
             if let Some(snap) = snap {
+                let publish_all = self.replicated && !snap.replicated;
+                if publish_all && !snap.bans.is_empty() {
+                    tracing::info!(bans = snap.bans.len(), "etcd newly configured: publishing the local ban list to the cluster");
+                }
                 for ban in snap.bans.into_iter().filter(|b| b.live(now)) {
+                    let target = ban.target.clone();
                     match st.set.put(ban) {
-                        Ok(c) => changes.extend(c),
+                        Ok(c) => {
+                            changes.extend(c);
+                            if publish_all {
+                                let g = st.next_gen;
+                                st.next_gen += 1;
+                                st.pending.insert(target, g);
+                            }
+                        }
                         Err(e) => tracing::warn!(error = %e, "ban file holds more than bans.max_entries; the rest is ignored"),
                     }
                 }
@@ -212,7 +218,7 @@ impl Bans {
         let _guard = self.save_lock.lock().await;
         let snap = {
             let st = self.state.read();
-            file::Snapshot::new(st.set.iter().cloned().collect(), st.pending.keys().cloned().collect())
+            file::Snapshot::new(st.set.iter().cloned().collect(), st.pending.keys().cloned().collect(), self.replicated)
         };
         let path = self.cfg.file.clone();
         match tokio::task::spawn_blocking(move || file::save(&path, &snap)).await {

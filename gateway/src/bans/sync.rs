@@ -243,6 +243,21 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_list_made_without_etcd_is_published_when_etcd_is_turned_on() {
+        let kv = MemKv::default();
+        let a = node("publish");
+        // Written by a node without etcd.
+        let snap = crate::bans::file::Snapshot::new(vec![ban("192.0.2.60")], Vec::new(), false);
+        crate::bans::file::save(&a.config.bans.file, &snap).unwrap();
+        a.bans.load(&a).unwrap();
+        tokio::spawn(replicate(a.clone(), Arc::new(kv.clone())));
+        until("connected", || a.bans.etcd_connected()).await;
+        assert_eq!(kv.keys(), vec!["/gateway/bans/192.0.2.60"], "published, not dropped");
+        assert!(a.defense.is_blocked("192.0.2.60".parse().unwrap()));
+        a.shutdown.cancel();
+    }
+
+    #[tokio::test]
     async fn resync_drops_bans_deleted_while_disconnected_but_keeps_pending_ones() {
         let kv = MemKv::default();
         let a = node("resync");
