@@ -1,5 +1,7 @@
 //! rustls configuration for the listener and the reference client.
 
+pub mod lean;
+
 use std::io::BufReader;
 use std::path::Path;
 use std::sync::Arc;
