@@ -34,6 +34,28 @@ enum Command {
     Ban(BanArgs),
     /// Load generator: open many logged-in sessions and hold them (bounded).
     Load(LoadArgs),
+    /// Push API benchmark: bounded number of pushes to uids held by `gateway load`.
+    PushBench(PushBenchArgs),
+}
+
+#[derive(Args)]
+struct PushBenchArgs {
+    #[arg(long, default_value = "http://127.0.0.1:7080")]
+    api: String,
+    /// Target uids are <prefix><i> for i in 0..uids (as logged in by `gateway load`).
+    #[arg(long, default_value = "load-")]
+    prefix: String,
+    #[arg(long, default_value_t = 1000)]
+    uids: u64,
+    #[arg(long, default_value_t = 1)]
+    uids_per_push: usize,
+    /// Total pushes (at most 10,000,000).
+    #[arg(long, default_value_t = 10_000)]
+    requests: u64,
+    #[arg(long, default_value_t = 32)]
+    concurrency: usize,
+    #[arg(long)]
+    wait_ack: bool,
 }
 
 #[derive(Args)]
@@ -182,6 +204,7 @@ fn main() -> ExitCode {
             Command::Client(a) => client(a).await,
             Command::CheckConfig(a) => a.load().map(|_| println!("configuration OK")),
             Command::Load(a) => load(a).await,
+            Command::PushBench(a) => push_bench(a).await,
             Command::Ban(a) => ban(a).await,
         }
     });
@@ -352,6 +375,25 @@ async fn load(a: LoadArgs) -> anyhow::Result<()> {
     println!(
         "{{\"event\":\"done\",\"logged_in\":{},\"failed\":{},\"pushes_received\":{}}}",
         report.logged_in, report.failed, report.pushes_received
+    );
+    Ok(())
+}
+
+async fn push_bench(a: PushBenchArgs) -> anyhow::Result<()> {
+    if a.requests > 10_000_000 || a.uids == 0 || a.uids_per_push == 0 {
+        bail!("--requests at most 10,000,000; --uids and --uids-per-push at least 1");
+    }
+    let uids: Vec<String> = (0..a.uids).map(|i| format!("{}{i}", a.prefix)).collect();
+    let r = gateway::load::push_bench(&a.api, &uids, a.uids_per_push, a.requests, a.concurrency, a.wait_ack).await?;
+    println!(
+        "{{\"event\":\"push_bench\",\"requests\":{},\"complete\":{},\"per_sec\":{:.1},\"deliveries_per_sec\":{:.1},\"p50_ms\":{:.3},\"p99_ms\":{:.3},\"max_ms\":{:.3}}}",
+        r.requests,
+        r.complete,
+        r.per_sec(),
+        r.per_sec() * a.uids_per_push as f64,
+        r.p50.as_secs_f64() * 1e3,
+        r.p99.as_secs_f64() * 1e3,
+        r.max.as_secs_f64() * 1e3
     );
     Ok(())
 }

@@ -11,6 +11,7 @@
 //! Module map: [`prereqs`] installs, [`ebpf`] builds the XDP object, [`cmd`]
 //! runs child processes with one-line progress messages.
 
+mod bench;
 mod cmd;
 mod ebpf;
 mod prereqs;
@@ -43,6 +44,15 @@ enum Command {
         /// Passed to `gateway serve` after `--`.
         #[arg(last = true)]
         args: Vec<String>,
+    },
+    /// Benchmarks (release build); see docs/BENCHMARKS.md for the method.
+    Bench {
+        /// Which suite: `gateway` (memory per session, login rate, push).
+        #[arg(default_value = "gateway")]
+        suite: String,
+        /// Smaller, faster run (a smoke test of the bench itself).
+        #[arg(long)]
+        quick: bool,
     },
     /// Prereqs, build, then `cargo test --workspace` (ARGS go to cargo test).
     Test {
@@ -105,6 +115,15 @@ fn main() -> Result<()> {
             let status = c.status().with_context(|| format!("starting {}", a.gateway.display()))?;
             anyhow::ensure!(status.success(), "gateway exited with {status}");
             Ok(())
+        }
+        Command::Bench { suite, quick } => {
+            let root = root();
+            prereqs::ensure(&root)?;
+            let a = build(true)?;
+            match suite.as_str() {
+                "gateway" => bench::gateway(&root, &a.gateway, quick),
+                other => anyhow::bail!("unknown bench suite {other:?}; known: gateway"),
+            }
         }
         Command::Test { release, args } => {
             let root = root();

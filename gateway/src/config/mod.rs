@@ -7,6 +7,8 @@
 //! one pass instead of one error per restart.
 
 mod raw;
+#[cfg(test)]
+mod example_test;
 
 pub use raw::{RawAdminToken, RawConfig};
 

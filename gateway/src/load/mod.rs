@@ -132,3 +132,89 @@ pub async fn run(plan: LoadPlan, on_ready: impl FnOnce(&LoadReport)) -> LoadRepo
     }
     report(&stats)
 }
+
+/// Result of [`push_bench`].
+#[derive(Debug, Clone)]
+pub struct PushBenchReport {
+    pub requests: u64,
+    /// Requests whose every uid came back `delivered` (or `acked` with `wait_ack`).
+    pub complete: u64,
+    pub elapsed: Duration,
+    pub p50: Duration,
+    pub p99: Duration,
+    pub max: Duration,
+}
+
+impl PushBenchReport {
+    pub fn per_sec(&self) -> f64 {
+        self.requests as f64 / self.elapsed.as_secs_f64().max(1e-9)
+    }
+}
+
+/// Drive the push API: `requests` pushes, each to `uids_per_push` uids drawn
+/// round-robin from `uids`, `concurrency` in flight; latency is the HTTP
+/// round trip, which includes the write to every target socket (and the
+/// PUSH_ACK with `wait_ack`).
+pub async fn push_bench(
+    api: &str,
+    uids: &[String],
+    uids_per_push: usize,
+    requests: u64,
+    concurrency: usize,
+    wait_ack: bool,
+) -> Result<PushBenchReport, reqwest::Error> {
+    let http = reqwest::Client::builder().pool_max_idle_per_host(concurrency).build()?;
+    let url = format!("{api}/v1/push");
+    let next = Arc::new(AtomicU64::new(0));
+    let complete = Arc::new(AtomicU64::new(0));
+    let started = Instant::now();
+    let mut workers = Vec::new();
+    for _ in 0..concurrency.max(1) {
+        let (http, url, next, complete) = (http.clone(), url.clone(), next.clone(), complete.clone());
+        let uids = uids.to_vec();
+        workers.push(tokio::spawn(async move {
+            let mut lat = Vec::new();
+            loop {
+                let i = next.fetch_add(1, Ordering::Relaxed);
+                if i >= requests {
+                    break;
+                }
+                let targets: Vec<&String> =
+                    (0..uids_per_push).map(|k| &uids[(i as usize * uids_per_push + k) % uids.len()]).collect();
+                let body = serde_json::json!({"uids": targets, "payload": format!("bench {i}"), "wait_ack": wait_ack});
+                let t = Instant::now();
+                let ok = match http.post(&url).json(&body).send().await {
+                    Ok(r) => match r.json::<serde_json::Value>().await {
+                        Ok(v) => v["results"].as_array().is_some_and(|rs| {
+                            rs.iter().all(|r| r["status"] == if wait_ack { "acked" } else { "delivered" })
+                        }),
+                        Err(_) => false,
+                    },
+                    Err(_) => false,
+                };
+                lat.push(t.elapsed());
+                if ok {
+                    complete.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+            lat
+        }));
+    }
+    let mut lat = Vec::new();
+    for w in workers {
+        if let Ok(l) = w.await {
+            lat.extend(l);
+        }
+    }
+    let elapsed = started.elapsed();
+    lat.sort();
+    let pct = |p: f64| lat.get(((lat.len() as f64 * p) as usize).min(lat.len().saturating_sub(1))).copied().unwrap_or_default();
+    Ok(PushBenchReport {
+        requests: lat.len() as u64,
+        complete: complete.load(Ordering::Relaxed),
+        elapsed,
+        p50: pct(0.50),
+        p99: pct(0.99),
+        max: lat.last().copied().unwrap_or_default(),
+    })
+}
