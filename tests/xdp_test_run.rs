@@ -379,3 +379,147 @@ fn userspace_rules_agree_with_the_kernel() {
         }
     }
 }
+
+/// Tiny deterministic PRNG (xorshift64*), so a failure replays exactly.
+struct Rng(u64);
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    }
+    fn below(&mut self, n: u64) -> u64 {
+        self.next() % n
+    }
+    fn pick<T: Copy>(&mut self, xs: &[T]) -> T {
+        xs[self.below(xs.len() as u64) as usize]
+    }
+    fn chance(&mut self, percent: u64) -> bool {
+        self.below(100) < percent
+    }
+}
+
+/// A plausible frame, then maybe damaged: random VLAN stacks, IPv4 and IPv6
+/// with extension-header chains, fragments, TCP flags and ports, truncation
+/// at any byte and single-byte corruption.
+fn random_frame(r: &mut Rng) -> Vec<u8> {
+    let v4_sources = [CLEAN, BANNED, "198.51.100.7", "198.51.100.8", "203.0.113.5", "203.0.113.200"];
+    let v6_sources = [CLEAN6, BANNED6, "::ffff:192.0.2.66", "::ffff:203.0.113.5", "2001:db8:bad::1", "2001:db8:bad:1::1", "2001:db8:1::5"];
+    let tcp_part = |r: &mut Rng| {
+        let flags = { let x = r.below(256) as u8; r.pick(&[SYN, SYN, SYN | ACK, ACK, SYN | 0x04, x]) };
+        let port = r.pick(&[PORT, PORT, PORT + 1]);
+        tcp(port, flags)
+    };
+    let l3 = match r.below(10) {
+        0..=4 => {
+            let proto = { let x = r.below(256) as u8; r.pick(&[6u8, 6, 17, x]) };
+            let frag = { let x = r.below(65536) as u16; r.pick(&[0u16, 0, 0x4000, 0x2000, 100, x]) };
+            let payload = if proto == 6 { tcp_part(r) } else { vec![0; 8] };
+            let mut h = ipv4(r.pick(&v4_sources), proto, frag, &payload);
+            if r.chance(15) {
+                h[0] = 0x40 | r.below(16) as u8; // any IHL
+            }
+            (0x0800u16, h)
+        }
+        5..=8 => {
+            let mut rest = Vec::new();
+            let mut first = None;
+            let mut prev_next_at: Option<usize> = None;
+            for _ in 0..r.below(9) {
+                let kind = r.pick(&[0u8, 43, 60, 51, 44]);
+                match prev_next_at {
+                    Some(i) => rest[i] = kind,
+                    None => first = Some(kind),
+                }
+                prev_next_at = Some(rest.len());
+                match kind {
+                    44 => rest.extend(frag6(0, { let x = r.below(8192) as u16; r.pick(&[0, 0, 1, x]) })),
+                    51 => rest.extend([0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]), // AH, (1+2)*4 = 12 bytes
+                    _ => {
+                        let units = r.pick(&[0u8, 0, 1]);
+                        rest.push(0);
+                        rest.push(units);
+                        rest.extend(std::iter::repeat_n(0u8, 6 + 8 * units as usize));
+                    }
+                }
+            }
+            let last = r.pick(&[6u8, 6, 17, 59]);
+            match prev_next_at {
+                Some(i) => rest[i] = last,
+                None => first = Some(last),
+            }
+            if last == 6 {
+                rest.extend(tcp_part(r));
+            } else {
+                rest.extend([0; 8]);
+            }
+            (0x86ddu16, ipv6(r.pick(&v6_sources), first.unwrap_or(last), &rest))
+        }
+        _ => ({ let x = r.below(65536) as u16; r.pick(&[0x0806u16, 0x88cc, x]) }, vec![0; 28]),
+    };
+    let tags: Vec<u16> = (0..r.pick(&[0u64, 0, 0, 0, 1, 1, 2, 2, 3])).map(|_| r.pick(&[0x8100u16, 0x88a8])).collect();
+    let mut f = eth(&tags, l3.0, &l3.1);
+    if r.chance(25) {
+        f.truncate(14 + r.below((f.len() - 14) as u64 + 1) as usize);
+    }
+    if r.chance(15) && f.len() > 14 {
+        let i = 12 + r.below((f.len() - 12) as u64) as usize;
+        f[i] = r.below(256) as u8;
+    }
+    f
+}
+
+/// Thousands of random and damaged frames: the kernel program and the Rust
+/// reference classifier (`gateway::defense::packet`) must agree on every one,
+/// verdict and reason, including the SYN limiter's state.
+#[test]
+fn kernel_and_reference_classifier_agree_on_random_frames() {
+    if skip("kernel_and_reference_classifier_agree_on_random_frames") {
+        return;
+    }
+    use gateway::defense::packet::Classifier;
+    use gateway::defense::syn_limit::SourceBuckets;
+    use gateway::defense::RuleSet;
+
+    let seed = std::env::var("XDP_FUZZ_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or(0x5eed_1234_abcd_0001u64);
+    let frames: usize = std::env::var("XDP_FUZZ_FRAMES").ok().and_then(|s| s.parse().ok()).unwrap_or(1500);
+    let mut rules = rules();
+    rules.push(Rule { monitor: true, ..Rule::ban("203.0.113.0/24".parse().unwrap()) });
+    rules.push(Rule { monitor: true, ..Rule::ban(IpNet::host("2001:db8:1::5".parse().unwrap())) });
+    // Rate 0: buckets never refill, so both sides see the same state
+    // whatever the wall-clock gaps between frames.
+    let limit = SynLimit { rate_per_sec: 0, burst: 3 };
+    let policies = [
+        policy(),
+        KernelPolicy { drop_fragments: true, drop_malformed: false, syn_limit: Some(limit), ..policy() },
+        KernelPolicy { monitor: true, syn_limit: Some(limit), ..policy() },
+    ];
+    for (pi, policy) in policies.into_iter().enumerate() {
+        let mut rng = Rng(seed ^ (pi as u64 + 1).wrapping_mul(0x9e37_79b9_7f4a_7c15));
+        let mut p = Prog::load(policy.clone(), &rules);
+        let mut set = RuleSet::default();
+        set.monitor = policy.monitor;
+        for r in &rules {
+            set.insert(*r);
+        }
+        let mut buckets = policy.syn_limit.map(|l| SourceBuckets::new(l, 1 << 16));
+        let mut seen: std::collections::BTreeMap<&str, usize> = Default::default();
+        for i in 0..frames {
+            let frame = random_frame(&mut rng);
+            let want = Classifier { rules: &set, policy: &policy, syn: buckets.as_mut() }.classify(&frame, Instant::now());
+            let what = format!("policy {pi}, frame {i} (seed {seed:#x}): {frame:02x?}");
+            p.expect(&what, &frame, if want.drop { XDP_DROP } else { XDP_PASS }, want.reason.name());
+            *seen.entry(want.reason.name()).or_default() += 1;
+        }
+        println!("policy {pi}: reasons seen {seen:?}");
+        // The generator must reach the interesting paths, or agreement means little.
+        let bans = if policy.monitor { ["monitor_ban_exact", "monitor_ban_cidr"] } else { ["drop_ban_exact", "drop_ban_cidr"] };
+        for reason in ["pass_no_match", "pass_allowlist", "fragment", "malformed_ipv4", "malformed_ipv6", "malformed_tcp", "pass_non_ip"].into_iter().chain(bans) {
+            if reason == "malformed_tcp" && policy.syn_limit.is_none() {
+                continue;
+            }
+            assert!(seen.contains_key(reason), "policy {pi}: no frame ended as {reason}: {seen:?}");
+        }
+    }
+}

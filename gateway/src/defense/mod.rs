@@ -5,6 +5,8 @@
 //!   monitor mode, expiry) and `judge`, the kernel's decision redone in Rust.
 //!   Sans-IO; it is both the fallback and the mirror that `is_blocked` reads.
 //! - [`xdp`]: loading `gateway-xdp.o`, filling maps, attaching, counters.
+//! - [`packet`]: the XDP program's per-frame decision in plain Rust, the
+//!   reference the kernel is tested against.
 //! - [`iface`]: which interface to attach to when the config names none.
 //! - [`pins`]: pinned maps and link in bpffs, so enforcement outlives the
 //!   process; `remove_all` is `gateway xdp detach`.
@@ -17,6 +19,7 @@
 //! covers one interface and the listener may be reachable through others.
 
 pub mod iface;
+pub mod packet;
 pub mod pins;
 pub mod rules;
 pub mod syn_limit;

@@ -321,8 +321,24 @@ impl RuleSet {
         dead
     }
 
-    /// The kernel program's source-address decision for `ip` at `now`.
+    /// The kernel program's source-address decision for `ip` at `now`,
+    /// global monitor included (a would-drop passes under its monitor reason).
     pub fn judge(&self, ip: IpAddr, now: Instant) -> Judgement {
+        let j = self.judge_source(ip, now);
+        if j.drop && self.monitor {
+            let reason = match j.reason {
+                Counter::DropBanExact => Counter::MonitorBanExact,
+                _ => Counter::MonitorBanCidr,
+            };
+            return Judgement { drop: false, reason };
+        }
+        j
+    }
+
+    /// The source stage alone, as the kernel runs it before the global
+    /// monitor rewrite: a drop is an enforcing ban; a pass carries
+    /// `PassAllowlist`, the first per-entry monitor match, or `PassNoMatch`.
+    pub fn judge_source(&self, ip: IpAddr, now: Instant) -> Judgement {
         let ip = canonical(ip);
         let pass = |reason| Judgement { drop: false, reason };
         if self.allow.longest(ip).is_some() {
@@ -338,9 +354,6 @@ impl RuleSet {
             if rule.monitor {
                 monitor_hit.get_or_insert(monitor);
                 continue;
-            }
-            if self.monitor {
-                return pass(monitor);
             }
             return Judgement { drop: true, reason: enforce };
         }
