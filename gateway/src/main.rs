@@ -252,7 +252,12 @@ fn secret_for(cfg: &ConfigArgs) -> anyhow::Result<Vec<u8>> {
 }
 
 fn token(a: TokenArgs) -> anyhow::Result<()> {
-    gateway::auth::check_id(&a.uid, 255).map_err(|e| anyhow::anyhow!("--uid: {e}"))?;
+    let config = a.config.load()?;
+    // The same checks login applies, so a minted token is never refused as bad_identity.
+    gateway::auth::check_id(&a.uid, config.session.max_uid_bytes).map_err(|e| anyhow::anyhow!("--uid: {e}"))?;
+    if let Some(d) = &a.device {
+        gateway::auth::check_id(d, gateway::auth::MAX_DEVICE_BYTES).map_err(|e| anyhow::anyhow!("--device: {e}"))?;
+    }
     let ttl = gateway::config::parse_duration(&a.ttl).map_err(|e| anyhow::anyhow!("--ttl: {e}"))?;
     let secret = secret_for(&a.config)?;
     let t = gateway::auth::mint_hs256(&secret, &a.uid, a.device.as_deref(), ttl)?;

@@ -14,6 +14,8 @@ use crate::protocol::Code;
 
 /// Device id used when a token carries none.
 pub const DEFAULT_DEVICE: &str = "default";
+/// Longest device id accepted in a token.
+pub const MAX_DEVICE_BYTES: usize = 64;
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Claims {
@@ -106,7 +108,7 @@ impl Verifier {
         let c = data.claims;
         let device = c.dev.unwrap_or_else(|| DEFAULT_DEVICE.to_string());
         check_id(&c.uid, self.max_uid_bytes).map_err(AuthError::BadIdentity)?;
-        check_id(&device, 64).map_err(AuthError::BadIdentity)?;
+        check_id(&device, MAX_DEVICE_BYTES).map_err(AuthError::BadIdentity)?;
         Ok(Identity { uid: c.uid, device })
     }
 }

@@ -460,10 +460,13 @@ impl RawConfig {
             c.err("session.max_prelogin_frame_bytes", "must not exceed session.max_frame_bytes");
         }
         c.at_least("session.outbound_queue_bytes", r.session.outbound_queue_bytes, 1);
-        if r.session.outbound_queue_bytes > 0 && r.session.outbound_queue_bytes < r.session.max_frame_bytes {
+        // Room for one maximal frame plus the PUSH header (push id, sender
+        // uid), or a single maximal push would count as a slow consumer.
+        let min_queue = r.session.max_frame_bytes + crate::protocol::HEADER_LEN + 8 + 1 + 255;
+        if r.session.outbound_queue_bytes > 0 && r.session.outbound_queue_bytes < min_queue {
             c.err(
                 "session.outbound_queue_bytes",
-                "must be at least session.max_frame_bytes, or one maximal push would count as a slow consumer",
+                format!("must be at least session.max_frame_bytes + 276 ({min_queue}), or one maximal push would count as a slow consumer"),
             );
         }
         let write_stall_timeout = c.positive_duration("session.write_stall_timeout", &r.session.write_stall_timeout);
@@ -479,6 +482,16 @@ impl RawConfig {
         let grace = c.duration("heartbeat.grace", &r.heartbeat.grace);
         if interval > Duration::from_secs(24 * 3600) {
             c.err("heartbeat.interval", "must be at most 24h");
+        }
+        if interval.subsec_nanos() != 0 {
+            // LOGIN_ACK tells clients the interval in whole seconds.
+            c.err("heartbeat.interval", "must be a whole number of seconds (LOGIN_ACK carries seconds)");
+        }
+        if r.heartbeat.timeout_factor > 100 {
+            c.err("heartbeat.timeout_factor", "must be at most 100");
+        }
+        if grace > Duration::from_secs(24 * 3600) {
+            c.err("heartbeat.grace", "must be at most 24h");
         }
 
         let push_listen_raw = o.push_listen.clone().unwrap_or(r.push_api.listen);

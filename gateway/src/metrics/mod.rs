@@ -78,7 +78,7 @@ pub struct Metrics {
     pub connections_prelogin: Gauge,
     pub connections_accepted: Counter,
     /// Sockets closed at accept, by reason.
-    pub connections_refused: Labeled<7>,
+    pub connections_refused: Labeled<6>,
     pub accept_errors: Counter,
     pub tls_handshake_failures: Counter,
     pub logins: Labeled<9>,
@@ -86,7 +86,7 @@ pub struct Metrics {
     pub heartbeat_timeouts: Counter,
     pub pushes: Labeled<8>,
     pub push_acks: Labeled<2>,
-    pub frames_rejected: Labeled<8>,
+    pub frames_rejected: Labeled<9>,
     pub slow_consumer_disconnects: Counter,
     pub sends: Labeled<8>,
     pub kicks: Labeled<4>,
@@ -106,7 +106,7 @@ impl Default for Metrics {
             connections_open: Gauge::default(),
             connections_prelogin: Gauge::default(),
             connections_accepted: Counter::default(),
-            connections_refused: Labeled::new("reason", ["blacklisted", "capacity", "conn_rate", "per_source_open", "per_source_prelogin", "shutting_down", "other"]),
+            connections_refused: Labeled::new("reason", ["blacklisted", "capacity", "conn_rate", "per_source_open", "per_source_prelogin", "other"]),
             accept_errors: Counter::default(),
             tls_handshake_failures: Counter::default(),
             logins: Labeled::new(
@@ -119,7 +119,7 @@ impl Default for Metrics {
             push_acks: Labeled::new("result", ["matched", "other"]),
             frames_rejected: Labeled::new(
                 "code",
-                ["bad_version", "unknown_op", "frame_too_large", "malformed", "bad_flags", "not_logged_in", "unexpected_op", "other"],
+                ["bad_version", "unknown_op", "frame_too_large", "malformed", "bad_flags", "not_logged_in", "already_logged_in", "unexpected_op", "other"],
             ),
             slow_consumer_disconnects: Counter::default(),
             sends: Labeled::new(

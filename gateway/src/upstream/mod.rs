@@ -44,9 +44,9 @@ pub struct WebhookRequest<'a> {
     pub payload_b64: String,
 }
 
-/// What the webhook answers (HTTP 2xx). Becomes the SEND_ACK.
+/// What the webhook answers (HTTP 2xx). Becomes the SEND_ACK. Unknown fields
+/// are ignored, so a business service can add its own without breaking SENDs.
 #[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct WebhookResponse {
     #[serde(default)]
     pub code: u16,
@@ -123,6 +123,11 @@ async fn relay(node: &Arc<Node>, from: &SessionHandle, to: &str, payload: &Bytes
     if crate::auth::check_id(to, node.config.session.max_uid_bytes).is_err() {
         return (Code::Rejected, "target uid is not a valid uid".into());
     }
+    // The relayed PUSH adds a header and the sender's uid to the payload.
+    let room = node.config.session.max_frame_bytes.saturating_sub(8 + 1 + from.uid.len());
+    if payload.len() > room {
+        return (Code::Rejected, format!("payload too large to relay (at most {room} bytes)"));
+    }
     let opts = PushOptions { wait_ack: false, timeout: node.config.push_api.default_ack_timeout, except_session: Some(from.id) };
     let outcome = push::push_to_uid(node, to, &from.uid, payload, node.next_push_id(), &opts).await;
     match outcome.status {
@@ -163,14 +168,21 @@ async fn call_webhook(
     if !status.is_success() {
         return (Code::UpstreamError, format!("business upstream answered HTTP {}", status.as_u16()), Bytes::new());
     }
-    // Bound what we read from the upstream as carefully as what clients send.
+    // Bound what we read from the upstream as carefully as what clients send:
+    // chunk by chunk, never trusting Content-Length.
     let max = node.config.session.max_frame_bytes;
-    let body = match resp.bytes().await {
-        Ok(b) if b.len() <= max * 2 => b,
-        Ok(_) => return (Code::UpstreamError, "business upstream answer too large".into(), Bytes::new()),
-        Err(e) if e.is_timeout() => return (Code::UpstreamTimeout, "business upstream timed out".into(), Bytes::new()),
-        Err(_) => return (Code::UpstreamError, "business upstream answer unreadable".into(), Bytes::new()),
-    };
+    let cap = max * 2;
+    let mut resp = resp;
+    let mut body = Vec::new();
+    loop {
+        match resp.chunk().await {
+            Ok(Some(chunk)) if body.len() + chunk.len() <= cap => body.extend_from_slice(&chunk),
+            Ok(Some(_)) => return (Code::UpstreamError, "business upstream answer too large".into(), Bytes::new()),
+            Ok(None) => break,
+            Err(e) if e.is_timeout() => return (Code::UpstreamTimeout, "business upstream timed out".into(), Bytes::new()),
+            Err(_) => return (Code::UpstreamError, "business upstream answer unreadable".into(), Bytes::new()),
+        }
+    }
     let parsed: WebhookResponse = match serde_json::from_slice(&body) {
         Ok(p) => p,
         Err(e) => {
@@ -183,12 +195,24 @@ async fn call_webhook(
         Some(Ok(p)) if p.len() <= max.saturating_sub(512) => Bytes::from(p),
         Some(_) => return (Code::UpstreamError, "business upstream payload invalid or too large".into(), Bytes::new()),
     };
-    // The business service chooses its own codes; 0 means accepted.
-    let code = if parsed.code == 0 { Code::Ok } else { Code::Rejected };
-    let message = if parsed.code == 0 || !parsed.message.is_empty() {
-        parsed.message
+    // The business service chooses its own codes; 0 means accepted. Its
+    // non-zero code travels in the message, since SEND_ACK's code space is ours.
+    let mut message = parsed.message;
+    message.truncate(floor_char_boundary(&message, 1024));
+    if parsed.code == 0 {
+        (Code::Ok, message, payload)
     } else {
-        format!("rejected by business upstream (code {})", parsed.code)
-    };
-    (code, message, payload)
+        (Code::Rejected, format!("rejected by business upstream (code {}): {message}", parsed.code), payload)
+    }
+}
+
+fn floor_char_boundary(s: &str, max: usize) -> usize {
+    if s.len() <= max {
+        return s.len();
+    }
+    let mut end = max;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    end
 }
