@@ -60,7 +60,15 @@ fn conn_rate_auto_ban_is_enforced_by_xdp() {
     }
     let object = match std::env::var_os("GATEWAY_XDP_OBJECT") {
         Some(p) => PathBuf::from(p),
-        None => panic!("GATEWAY_XDP_OBJECT is not set: run these tests through `cargo xtask test`, which builds gateway-xdp.o"),
+        // Same rule as `netns::privileged`: CI must run it, a plain
+        // `cargo test` on a laptop skips it loudly.
+        None if std::env::var_os("CI").is_some() => {
+            panic!("GATEWAY_XDP_OBJECT is not set: run these tests through `cargo xtask test`, which builds gateway-xdp.o")
+        }
+        None => {
+            println!("SKIPPED: conn_rate_auto_ban_is_enforced_by_xdp: GATEWAY_XDP_OBJECT is not set (use `cargo xtask test`)");
+            return;
+        }
     };
     let bin = gateway_bin();
     let pair = VethPair::new(SERVER, &[GOOD, FLOOD]);

@@ -20,8 +20,19 @@ pub struct Etcd {
     _data: TempDir,
 }
 
+/// A free port never handed out before in this process: tests run in
+/// parallel, and the kernel may give a just-released port 0 again, which
+/// would make two etcds fight over one port.
 fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").expect("bind port 0").local_addr().expect("addr").port()
+    static GIVEN: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
+    let mut given = GIVEN.lock().unwrap_or_else(|e| e.into_inner());
+    loop {
+        let p = TcpListener::bind("127.0.0.1:0").expect("bind port 0").local_addr().expect("addr").port();
+        if !given.contains(&p) {
+            given.push(p);
+            return p;
+        }
+    }
 }
 
 fn etcd_bin() -> PathBuf {
@@ -51,13 +62,17 @@ impl Etcd {
             .arg(format!("--initial-advertise-peer-urls=http://127.0.0.1:{p}"))
             .arg(format!("--initial-cluster=test=http://127.0.0.1:{p}"))
             .stdout(Stdio::null())
-            .stderr(Stdio::null())
+            .stderr(std::fs::OpenOptions::new().create(true).append(true).open(self.log()).map(Stdio::from).unwrap_or_else(|_| Stdio::null()))
             .spawn()
             .expect("start etcd");
         self.child = Some(child);
     }
 
-    async fn wait_ready(&self) {
+    fn log(&self) -> PathBuf {
+        self._data.0.join("etcd.log")
+    }
+
+    async fn wait_ready(&mut self) {
         let http = reqwest::Client::new();
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
@@ -72,7 +87,12 @@ impl Etcd {
             if ok {
                 return;
             }
-            assert!(Instant::now() < deadline, "etcd on {} did not become ready within 20s", self.endpoint);
+            let exited = self.child.as_mut().and_then(|c| c.try_wait().ok().flatten());
+            if Instant::now() > deadline || exited.is_some() {
+                let log = std::fs::read_to_string(self.log()).unwrap_or_default();
+                let tail: Vec<&str> = log.lines().rev().take(30).collect();
+                panic!("etcd on {} did not become ready ({exited:?}); its log ends:\n{}", self.endpoint, tail.into_iter().rev().collect::<Vec<_>>().join("\n"));
+            }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }

@@ -58,6 +58,10 @@ fn put(node: &Node, ban: &Ban, close_live: bool) {
                 tracing::warn!(target = %net, error = %e, "could not install a ban");
                 return;
             }
+            if ban.enforced() {
+                // After the rule is in place, before the scan (see `epoch`).
+                node.bans.bump_epoch();
+            }
             if ban.enforced() && close_live {
                 let mut closed = 0u64;
                 node.registry.for_each(|s| {
@@ -70,6 +74,7 @@ fn put(node: &Node, ban: &Ban, close_live: bool) {
         }
         Target::Uid(uid) => {
             if ban.enforced() {
+                node.bans.bump_epoch();
                 for s in node.registry.by_uid(uid) {
                     if s.outbox.close(CloseReason::Kick(Code::Banned, reason.clone())) {
                         node.metrics.kicks.inc(Code::Banned.name());

@@ -23,7 +23,7 @@ pub mod replica;
 pub mod sync;
 
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::SystemTime;
 
 use parking_lot::RwLock;
@@ -61,6 +61,10 @@ pub struct Bans {
     pub(crate) pending_changed: Notify,
     etcd_connected: AtomicBool,
     loaded: AtomicBool,
+    /// Bumped by every enforcing ban, before live sessions are scanned. A
+    /// connection accepted before the ban and registered after the scan sees
+    /// a changed value and checks its own address and uid.
+    epoch: AtomicU64,
 }
 
 impl Bans {
@@ -74,6 +78,7 @@ impl Bans {
             pending_changed: Notify::new(),
             etcd_connected: AtomicBool::new(false),
             loaded: AtomicBool::new(false),
+            epoch: AtomicU64::new(0),
         }
     }
 
@@ -259,6 +264,14 @@ impl Bans {
 
     pub(crate) fn set_etcd_connected(&self, up: bool) {
         self.etcd_connected.store(up, Ordering::Relaxed);
+    }
+
+    pub fn epoch(&self) -> u64 {
+        self.epoch.load(Ordering::SeqCst)
+    }
+
+    pub(crate) fn bump_epoch(&self) {
+        self.epoch.fetch_add(1, Ordering::SeqCst);
     }
 
     pub fn loaded(&self) -> bool {

@@ -237,6 +237,8 @@ async fn accept_loop(node: Arc<Node>, listener: TcpListener, tls: Option<TlsAcce
             }
         };
         node.metrics.connections_accepted.inc();
+        // Read before the check: a ban landing after it is caught at login.
+        let ban_epoch = node.bans.epoch();
         if node.defense.is_blocked(peer.ip()) {
             node.metrics.connections_refused.inc("blacklisted");
             continue;
@@ -267,7 +269,7 @@ async fn accept_loop(node: Arc<Node>, listener: TcpListener, tls: Option<TlsAcce
             continue;
         };
         let _ = tcp.set_nodelay(true);
-        node.tasks.spawn(conn::run(node.clone(), tcp, peer, tls.clone(), permit, slot));
+        node.tasks.spawn(conn::run(node.clone(), tcp, peer, tls.clone(), permit, slot, ban_epoch));
     }
 }
 

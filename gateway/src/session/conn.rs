@@ -49,6 +49,8 @@ struct ConnGuard<'a> {
     prelogin: bool,
     /// This connection's share of the per-source limits (see `abuse`).
     slot: SourceSlot,
+    /// `Bans::epoch` when accepted (see there).
+    ban_epoch: u64,
 }
 
 impl ConnGuard<'_> {
@@ -77,10 +79,11 @@ pub async fn run(
     tls: Option<TlsAcceptor>,
     _permit: OwnedSemaphorePermit,
     slot: SourceSlot,
+    ban_epoch: u64,
 ) {
     node.metrics.connections_open.inc();
     node.metrics.connections_prelogin.inc();
-    let mut guard = ConnGuard { node: &node, prelogin: true, slot };
+    let mut guard = ConnGuard { node: &node, prelogin: true, slot, ban_epoch };
     let deadline = Instant::now() + node.config.session.login_timeout;
     match tls {
         Some(acceptor) => {
@@ -172,13 +175,32 @@ where
             }
         }
     }
+    // A ban that landed while this connection was logging in may have missed
+    // it in its scan of live sessions: check once more, now it is registered.
+    if guard.ban_epoch != node.bans.epoch() {
+        let uid_banned = node.bans.uid_ban(&identity.uid).is_some_and(|b| b.enforced());
+        if uid_banned || (node.config.bans.close_live_connections && node.defense.is_blocked(peer.ip())) {
+            handle.outbox.close(CloseReason::Kick(Code::Banned, "banned".into()));
+        }
+    }
     node.metrics.logins.inc("ok");
     guard.logged_in();
+    if node.shutdown.is_cancelled() {
+        // Shutdown's sweep of the registry may have run before we registered.
+        handle.outbox.close(CloseReason::Close(Code::ShuttingDown, "node is shutting down; reconnect to another node".into()));
+    }
     node.liveness.lock().schedule(now + node.heartbeat_timeout_ms(), Arc::downgrade(&handle));
     framed.decoder_mut().set_max_body(cfg.max_frame_bytes);
     tracing::debug!(uid = %identity.uid, device = %identity.device, session_id, %peer, "logged in");
 
     let reason = session_loop(node, &handle, &mut framed).await;
+
+    // However the loop ended (EOF, I/O error, protocol error), later pushes
+    // must see a closed session at once, and pushes still queued learn
+    // `closed` now (their `written` senders drop) instead of waiting out
+    // their timeout.
+    handle.outbox.close(CloseReason::Error(Code::Normal, String::new()));
+    drop(handle.outbox.take());
 
     node.registry.unregister(session_id);
     if let Some(reason) = &reason {
