@@ -15,12 +15,9 @@ use crate::session::CloseReason;
 /// enforced that the operator cannot see in `gateway_ban_apply_errors_total`).
 pub fn apply(node: &Node, change: &Change, close_live: bool) {
     match change {
-        Change::Put { ban, old } => {
-            put(node, ban, close_live);
-            // A replaced network ban with another target cannot happen (one
-            // ban per target); a mode or expiry change is an in-place update.
-            let _ = old;
-        }
+        // One ban per target, so a replacement is an in-place update of the
+        // same rule (mode, expiry): nothing of the old one to undo.
+        Change::Put { ban, .. } => put(node, ban, close_live),
         Change::Removed(ban) => {
             if let Target::Net(net) = &ban.target {
                 // The same address may also be on the static `xdp.blacklist`,
