@@ -473,3 +473,25 @@ async fn orderly_close_and_a_failed_handshake_affect_nobody_else() {
     assert!(matches!(keep.recv_timeout(T).await, Ok((_, Message::HeartbeatAck))));
     gw.wait_metric("gateway_connections", |v| v == 1).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn acking_a_burst_of_pushes_is_not_rate_limited() {
+    // Default packet rate: 100 frames/s per connection.
+    let gw = TestGateway::start(|_| {}).await;
+    let (mut c, _) = gw.login("busy", None).await;
+    for i in 0..300 {
+        let (_, r) = gw.post("/v1/push", json!({"uids": ["busy"], "payload": format!("m{i}")})).await;
+        assert_eq!(r["results"][0]["status"], "delivered", "push {i}: {r}");
+    }
+    for _ in 0..300 {
+        let (id, _, _) = expect_push(&mut c).await;
+        c.send(Message::PushAck { push_id: id }).await.unwrap();
+    }
+    // Still connected and not throttled: a heartbeat is answered normally.
+    let seq = c.heartbeat().await.unwrap();
+    match c.recv_timeout(T).await {
+        Ok((s, Message::HeartbeatAck)) => assert_eq!(s, seq),
+        other => panic!("expected HEARTBEAT_ACK after acking 300 pushes, got {other:?}"),
+    }
+    assert_eq!(gw.metric("gateway_push_acks_total{result=\"other\"}").await, 300);
+}

@@ -40,6 +40,9 @@ use crate::session::{CloseReason, SessionHandle};
 /// Bound on writing a last ERROR/KICK/CLOSE to a peer we are leaving.
 pub const FINAL_WRITE_TIMEOUT: Duration = Duration::from_secs(2);
 const READ_BUF_INITIAL: usize = 256;
+/// Bound on PUSH_ACKs exempt from the packet rate, so a client that never
+/// acked cannot later flood acks under the exemption.
+const MAX_ACK_CREDIT: u64 = 4096;
 /// A read buffer that grew past this (a big frame came in) is replaced when empty.
 const READ_BUF_KEEP: usize = 4096;
 
@@ -295,6 +298,11 @@ where
 {
     let stall = node.config.session.write_stall_timeout;
     let mut rate = PacketRate::new(node.abuse.packet_limits(), std::time::Instant::now());
+    // PUSH frames written and not yet acknowledged. A PUSH_ACK within this
+    // credit answers our own traffic, so it does not count toward the packet
+    // rate: a busy group chat must not get a client throttled for acking.
+    // Acks beyond it count like any other frame.
+    let mut ack_credit: u64 = 0;
     loop {
         tokio::select! {
             // Writes first: a reply or push waiting is older than the next read.
@@ -302,7 +310,7 @@ where
             _ = handle.outbox.ready() => {
                 // Boxed: write state (timer, partial write) exists only while
                 // writing, so an idle connection's task stays small.
-                if let Some(end) = Box::pin(flush(framed.get_mut(), handle, stall)).await {
+                if let Some(end) = Box::pin(flush(framed.get_mut(), handle, stall, &mut ack_credit)).await {
                     return end;
                 }
             }
@@ -318,7 +326,12 @@ where
                 };
                 // Any inbound frame proves the peer alive.
                 handle.touch(node.clock.now_ms());
-                match rate.on_frame(std::time::Instant::now()) {
+                let answers_a_push = frame.op == Op::PushAck && ack_credit > 0;
+                if answers_a_push {
+                    ack_credit -= 1;
+                }
+                let verdict = if answers_a_push { FrameVerdict::Pass } else { rate.on_frame(std::time::Instant::now()) };
+                match verdict {
                     FrameVerdict::Pass => {}
                     FrameVerdict::Drop { notify } => {
                         node.metrics.abuse_hits.inc(detector::PACKET_RATE_DROP);
@@ -346,7 +359,12 @@ where
 
 /// Write everything queued. `Some(end)` ends the session with that reason
 /// (`None` inside: the peer went away).
-async fn flush<S: AsyncWrite + Unpin>(io: &mut S, handle: &SessionHandle, stall: Duration) -> Option<Option<CloseReason>> {
+async fn flush<S: AsyncWrite + Unpin>(
+    io: &mut S,
+    handle: &SessionHandle,
+    stall: Duration,
+    ack_credit: &mut u64,
+) -> Option<Option<CloseReason>> {
     let (items, closing) = handle.outbox.take();
     if !items.is_empty() {
         let result = tokio::select! {
@@ -356,6 +374,9 @@ async fn flush<S: AsyncWrite + Unpin>(io: &mut S, handle: &SessionHandle, stall:
         };
         match result {
             Ok(Ok(())) => {
+                // Byte 5 of every frame is its op (see protocol::codec).
+                let pushes = items.iter().filter(|it| it.frame.get(5) == Some(&(Op::Push as u8))).count() as u64;
+                *ack_credit = ack_credit.saturating_add(pushes).min(MAX_ACK_CREDIT);
                 for item in items {
                     if let Some(tx) = item.written {
                         let _ = tx.send(());
