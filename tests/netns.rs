@@ -29,6 +29,26 @@ pub fn privileged(test: &str) -> bool {
     false
 }
 
+/// The XDP object for a privileged test: `$GATEWAY_XDP_OBJECT`, else
+/// `target/<profile>/gateway-xdp.o` (where `cargo xtask build` puts it). When
+/// neither exists: under CI a panic, elsewhere `SKIPPED: ...` and None.
+pub fn xdp_object(test: &str) -> Option<std::path::PathBuf> {
+    if let Some(p) = std::env::var_os("GATEWAY_XDP_OBJECT") {
+        return Some(p.into());
+    }
+    // target/<profile>/deps/<test-exe> -> target/<profile>/gateway-xdp.o
+    let beside = std::env::current_exe().ok().and_then(|e| Some(e.parent()?.parent()?.join("gateway-xdp.o")));
+    if let Some(p) = beside.filter(|p| p.exists()) {
+        return Some(p);
+    }
+    let why = "no XDP object: GATEWAY_XDP_OBJECT is unset and target/<profile>/gateway-xdp.o is missing; run `cargo xtask test` (or `cargo xtask build` first)";
+    if std::env::var_os("CI").is_some() {
+        panic!("{test}: {why}");
+    }
+    println!("SKIPPED: {test}: {why}");
+    None
+}
+
 /// A fresh, unique name of at most 15 bytes (the interface name limit), so
 /// tests running in parallel, and leftovers of a killed run, never collide.
 pub fn unique(tag: &str) -> String {

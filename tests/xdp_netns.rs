@@ -34,13 +34,6 @@ const BAD_V6: &str = "2001:db8::3";
 const CONNECT_OK: Duration = Duration::from_secs(3);
 const CONNECT_DROPPED: Duration = Duration::from_millis(700);
 
-fn xdp_object() -> PathBuf {
-    match std::env::var_os("GATEWAY_XDP_OBJECT") {
-        Some(p) => PathBuf::from(p),
-        None => panic!("GATEWAY_XDP_OBJECT is not set: run these tests through `cargo xtask test`, which builds gateway-xdp.o"),
-    }
-}
-
 fn pair() -> VethPair {
     let pair = VethPair::new(SERVER_V4, &[GOOD_V4, BAD_V4, GOOD_V6, BAD_V6]);
     pair.server.ip(&["addr", "add", &format!("{SERVER_V6}/64"), "dev", &pair.server_if, "nodad"]);
@@ -83,7 +76,7 @@ fn defense_drops_blacklisted_sources_on_veth() {
     if !netns::privileged("defense_drops_blacklisted_sources_on_veth") {
         return;
     }
-    let object = xdp_object();
+    let Some(object) = netns::xdp_object("defense_drops_blacklisted_sources_on_veth") else { return };
     let pair = pair();
     let v4: SocketAddr = format!("{SERVER_V4}:7443").parse().unwrap();
     let v6: SocketAddr = format!("[{SERVER_V6}]:7443").parse().unwrap();
@@ -151,7 +144,7 @@ fn syn_limiter_drops_connection_bursts_over_the_limit() {
     if !netns::privileged("syn_limiter_drops_connection_bursts_over_the_limit") {
         return;
     }
-    let object = xdp_object();
+    let Some(object) = netns::xdp_object("syn_limiter_drops_connection_bursts_over_the_limit") else { return };
     let pair = pair();
     let v4: SocketAddr = format!("{SERVER_V4}:7447").parse().unwrap();
     let other: SocketAddr = format!("{SERVER_V4}:7448").parse().unwrap();
@@ -205,7 +198,7 @@ fn pinned_state_outlives_the_process_and_detach_removes_it() {
     if !netns::privileged("pinned_state_outlives_the_process_and_detach_removes_it") {
         return;
     }
-    let object = xdp_object();
+    let Some(object) = netns::xdp_object("pinned_state_outlives_the_process_and_detach_removes_it") else { return };
     let pair = pair();
     let v4: SocketAddr = format!("{SERVER_V4}:7446").parse().unwrap();
     let v6: SocketAddr = format!("[{SERVER_V6}]:7446").parse().unwrap();
@@ -265,7 +258,7 @@ fn gateway_binary_enforces_static_blacklist_with_xdp() {
     if !netns::privileged("gateway_binary_enforces_static_blacklist_with_xdp") {
         return;
     }
-    let object = xdp_object();
+    let Some(object) = netns::xdp_object("gateway_binary_enforces_static_blacklist_with_xdp") else { return };
     let bin = gateway_bin();
     let pair = pair();
     let state = std::env::temp_dir().join(netns::unique("gwstate"));
