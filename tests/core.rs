@@ -66,6 +66,8 @@ async fn login_ack_carries_node_session_and_interval_then_heartbeat_is_acked() {
     assert_eq!(sessions[0]["device"], "phone");
     assert_eq!(gw.metric("gateway_logins_total{result=\"ok\"}").await, 1);
     assert_eq!(gw.metric("gateway_heartbeats_total").await, 1);
+    assert_eq!(gw.metric("gateway_bans").await, 0);
+    assert_eq!(gw.metric("gateway_xdp_active").await, 0, "tests run with XDP off");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

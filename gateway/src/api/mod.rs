@@ -232,6 +232,27 @@ async fn metrics_handler(State(node): State<Arc<Node>>) -> impl IntoResponse {
         "# HELP gateway_xdp_active 1 when the XDP program enforces the blacklist, 0 when accept-time checks do.\n# TYPE gateway_xdp_active gauge\ngateway_xdp_active {}\n",
         xdp_active as u8
     ));
+    // In XDP mode these count packets judged in the kernel (summed over
+    // CPUs); in userspace mode, connections judged at accept.
+    let scope = if xdp_active { "xdp" } else { "accept" };
+    extra.push_str("# HELP gateway_defense_verdicts_total Defense verdicts by reason (scope: xdp = packets in the kernel, accept = connections).\n# TYPE gateway_defense_verdicts_total counter\n");
+    for (name, v) in node.defense.counters() {
+        extra.push_str(&format!("gateway_defense_verdicts_total{{scope=\"{scope}\",reason=\"{name}\"}} {v}\n"));
+    }
+    extra.push_str(&format!(
+        "# HELP gateway_bans Bans in this node's list (all targets, both modes).\n# TYPE gateway_bans gauge\ngateway_bans {}\n",
+        node.bans.len()
+    ));
+    extra.push_str(&format!(
+        "# HELP gateway_bans_unsynced Ban changes not yet written to etcd.\n# TYPE gateway_bans_unsynced gauge\ngateway_bans_unsynced {}\n",
+        node.bans.unsynced()
+    ));
+    if node.bans.is_replicated() {
+        extra.push_str(&format!(
+            "# HELP gateway_etcd_connected 1 while the ban watch on etcd is healthy.\n# TYPE gateway_etcd_connected gauge\ngateway_etcd_connected {}\n",
+            node.bans.etcd_connected() as u8
+        ));
+    }
     let body = node.metrics.render(node.registry.len(), &extra);
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], body)
 }
