@@ -102,6 +102,32 @@ impl KernelPolicy {
         KernelPolicy { monitor: false, drop_fragments: false, drop_malformed: true, syn_limit: None, listen_ports: vec![port] }
     }
 
+    /// Everything wrong with this policy as an operator setting, for config
+    /// validation (the caller reports them all at once): a limiter that would
+    /// drop everything or do nothing, or values past the kernel's clamps.
+    /// Not enforced by `set_policy`, so tests may use e.g. a zero rate.
+    pub fn problems(&self) -> Vec<String> {
+        let mut p = Vec::new();
+        if let Some(s) = self.syn_limit {
+            if s.burst == 0 {
+                p.push("SYN limit burst must be at least 1 (0 would drop every new connection)".to_string());
+            }
+            if s.rate_per_sec == 0 || s.rate_per_sec > 100_000 {
+                p.push(format!("SYN limit rate {} per second is outside 1..=100000", s.rate_per_sec));
+            }
+            if s.burst > 1_000_000 {
+                p.push(format!("SYN limit burst {} is over 1000000", s.burst));
+            }
+            if self.listen_ports.is_empty() {
+                p.push("SYN limit set but no listening port to apply it to".to_string());
+            }
+        }
+        if self.listen_ports.len() > gateway_common::LISTEN_PORTS_CAPACITY as usize {
+            p.push(format!("{} listening ports, at most {} fit the kernel map", self.listen_ports.len(), gateway_common::LISTEN_PORTS_CAPACITY));
+        }
+        p
+    }
+
     pub fn runtime_config(&self) -> RuntimeConfig {
         let verdict = |drop: bool| if drop { gateway_common::Verdict::Drop as u32 } else { gateway_common::Verdict::Pass as u32 };
         let mut flags = 0;
@@ -504,5 +530,36 @@ impl Kernel {
                 (*c, v)
             })
             .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn policy_problems_are_all_reported() {
+        assert!(KernelPolicy::for_port(443).problems().is_empty());
+        let bad = KernelPolicy { syn_limit: Some(SynLimit { rate_per_sec: 0, burst: 0 }), listen_ports: vec![], ..KernelPolicy::for_port(1) };
+        let p = bad.problems();
+        assert_eq!(p.len(), 3, "{p:?}");
+        let ok = KernelPolicy { syn_limit: Some(SynLimit { rate_per_sec: 50, burst: 100 }), ..KernelPolicy::for_port(443) };
+        assert!(ok.problems().is_empty());
+        assert_eq!(ok.runtime_config().flags, gateway_common::CFG_FLAG_SYN_LIMIT);
+        assert_eq!((ok.runtime_config().syn_rate_per_sec, ok.runtime_config().syn_burst), (50, 100));
+    }
+
+    #[test]
+    fn kernel_expiry_round_trips_through_instants() {
+        let now = Instant::now();
+        let now_ns = monotonic_ns();
+        assert_eq!(expiry_instant(0, now, now_ns), Some(None));
+        assert_eq!(expiry_instant(now_ns, now, now_ns), None);
+        let later = expiry_instant(now_ns + 5_000_000_000, now, now_ns).flatten().unwrap();
+        assert_eq!(later - now, Duration::from_secs(5));
+        let rule = Rule { expires_at: Some(Instant::now() + Duration::from_secs(10)), ..Rule::ban(IpNet::host("192.0.2.1".parse().unwrap())) };
+        let ns = expiry_ns(&rule);
+        let back = ns - monotonic_ns();
+        assert!((9_000_000_000..=10_000_000_000).contains(&back), "{back}");
     }
 }
