@@ -235,15 +235,17 @@ impl LeanTlsStream {
                     }
                     step
                 }
-                Ok(ConnectionState::EncodeTlsData(mut enc)) => {
-                    let need = match enc.encode(&mut []) {
-                        Err(EncodeError::InsufficientSize(e)) => e.required_size,
-                        Ok(_) => 0,
-                        Err(e) => return Err(e.into()),
-                    };
-                    append_outgoing(&mut self.outgoing, &mut self.out_start, need, |buf| Ok(enc.encode(buf)?))
-                        .map(|()| Step::Continue)
-                }
+                // Each of these is sized by a probe into an empty slice: on `InsufficientSize`
+                // rustls changes nothing (beyond queueing internally what it then asks room for)
+                // and names the exact room it needs. A probe that succeeds had nothing to write.
+                Ok(ConnectionState::EncodeTlsData(mut enc)) => match enc.encode(&mut []) {
+                    Err(EncodeError::InsufficientSize(e)) => {
+                        append_outgoing(&mut self.outgoing, &mut self.out_start, e.required_size, |buf| Ok(enc.encode(buf)?))
+                            .map(|()| Step::Continue)
+                    }
+                    Ok(_) => Ok(Step::Continue),
+                    Err(e) => Err(e.into()),
+                },
                 // The encoded bytes are already queued in `outgoing`, which goes to the socket in
                 // order before anything queued later, so the handshake may move on now.
                 Ok(ConnectionState::TransmitTlsData(tx)) => {
@@ -252,26 +254,23 @@ impl LeanTlsStream {
                 }
                 Ok(ConnectionState::BlockedHandshake) => Ok(Step::Stop(Outcome::NeedInput)),
                 Ok(ConnectionState::WriteTraffic(mut w)) => match goal {
-                    Goal::Write(data) => {
-                        let need = match w.encrypt(data, &mut []) {
-                            Err(EncryptError::InsufficientSize(e)) => e.required_size,
-                            Ok(_) => 0,
-                            Err(e) => return Err(e.into()),
-                        };
-                        append_outgoing(&mut self.outgoing, &mut self.out_start, need, |buf| Ok(w.encrypt(data, buf)?))
-                            .map(|()| Step::Stop(Outcome::Queued))
-                    }
-                    Goal::Close => {
-                        // Sizing probe: rustls queues the alert internally on the first call and
-                        // reports the room it needs; the second call moves it out.
-                        let need = match w.queue_close_notify(&mut []) {
-                            Err(EncryptError::InsufficientSize(e)) => e.required_size,
-                            Ok(_) => 0,
-                            Err(e) => return Err(e.into()),
-                        };
-                        append_outgoing(&mut self.outgoing, &mut self.out_start, need, |buf| Ok(w.queue_close_notify(buf)?))
-                            .map(|()| Step::Stop(Outcome::Queued))
-                    }
+                    Goal::Write(data) => match w.encrypt(data, &mut []) {
+                        Err(EncryptError::InsufficientSize(e)) => {
+                            append_outgoing(&mut self.outgoing, &mut self.out_start, e.required_size, |buf| Ok(w.encrypt(data, buf)?))
+                                .map(|()| Step::Stop(Outcome::Queued))
+                        }
+                        Ok(_) => Ok(Step::Stop(Outcome::Queued)),
+                        Err(e) => Err(e.into()),
+                    },
+                    // The probe makes rustls queue the alert; the second call moves it out.
+                    Goal::Close => match w.queue_close_notify(&mut []) {
+                        Err(EncryptError::InsufficientSize(e)) => {
+                            append_outgoing(&mut self.outgoing, &mut self.out_start, e.required_size, |buf| Ok(w.queue_close_notify(buf)?))
+                                .map(|()| Step::Stop(Outcome::Queued))
+                        }
+                        Ok(_) => Ok(Step::Stop(Outcome::Queued)),
+                        Err(e) => Err(e.into()),
+                    },
                     Goal::Handshake | Goal::Read(_) => Ok(Step::Writable),
                 },
                 Ok(ConnectionState::PeerClosed) => Ok(Step::PeerClosed),
@@ -768,7 +767,7 @@ mod tests {
             let mut framed = FramedRead::new(server, codec);
             for (i, want) in expect.iter().enumerate() {
                 let got = framed.next().await.expect("a frame").expect("frame decodes");
-                assert!(&got[..] == &want[..], "frame {i} differs");
+                assert!(got[..] == want[..], "frame {i} differs");
                 // Reply with a small ack per frame: many small writes the other way.
                 framed.get_mut().write_all(&(i as u32).to_be_bytes()).await.expect("ack write");
                 framed.get_mut().flush().await.expect("ack flush");
@@ -951,6 +950,25 @@ mod tests {
         });
         assert!(read_n(&mut server, total).await == msgs.concat(), "trickled records reassembled in order");
         let _tcp = trickle.await.expect("trickle task");
+        assert_eq!(server.buffered_bytes(), 0);
+    }
+
+    /// A write can run rustls over records the reader has not reached yet; their plaintext must
+    /// wait for the reader, in order, ahead of anything newer.
+    #[tokio::test]
+    async fn write_between_reads_keeps_unread_records_in_order() {
+        let p = tls13();
+        let (mut server, client) = pair(&p).await;
+        let mut raw = RawClient::from(client);
+        let msgs: Vec<Vec<u8>> = (0..5).map(|i| pattern(700, i)).collect();
+        let wire: Vec<u8> = msgs.iter().flat_map(|m| raw.seal(m)).collect();
+        raw.tcp.write_all(&wire).await.expect("5 records in one write");
+        // Take 10 bytes: one record is decrypted, four stay encrypted in `incoming`.
+        let head = read_n(&mut server, 10).await;
+        server.write_all(b"reply").await.expect("server write");
+        server.flush().await.expect("server flush");
+        let rest = read_n(&mut server, 5 * 700 - 10).await;
+        assert!([head, rest].concat() == msgs.concat(), "records reordered or lost around a write");
         assert_eq!(server.buffered_bytes(), 0);
     }
 
