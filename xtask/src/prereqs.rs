@@ -10,7 +10,6 @@
 //!   and install into `target/tools` (the binary's rpath points at that
 //!   prefix, so both live and die together).
 
-use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -67,17 +66,21 @@ fn tools_dir(root: &Path) -> PathBuf {
     root.join("target").join("tools")
 }
 
-/// PATH with `target/tools/bin` first, where a locally built bpf-linker lives.
-pub fn path_with_tools(root: &Path) -> OsString {
-    let mut paths = vec![tools_dir(root).join("bin")];
+/// A bpf-linker that runs, with its version: ours in `target/tools/bin`
+/// first, then whatever PATH has (e.g. `~/.cargo/bin`).
+pub fn bpf_linker_path(root: &Path) -> Option<(PathBuf, String)> {
+    let mut candidates = vec![tools_dir(root).join("bin").join("bpf-linker")];
     if let Some(p) = std::env::var_os("PATH") {
-        paths.extend(std::env::split_paths(&p));
+        candidates.extend(std::env::split_paths(&p).map(|d| d.join("bpf-linker")));
     }
-    std::env::join_paths(paths).unwrap_or_else(|_| std::env::var_os("PATH").unwrap_or_default())
+    candidates.into_iter().filter(|c| c.is_file()).find_map(|c| {
+        let v = output(Command::new(&c).arg("--version"))?;
+        Some((c, v.trim().to_string()))
+    })
 }
 
 fn bpf_linker_works(root: &Path) -> Option<String> {
-    output(Command::new("bpf-linker").arg("--version").env("PATH", path_with_tools(root))).map(|s| s.trim().to_string())
+    bpf_linker_path(root).map(|(p, v)| format!("{v} ({})", p.display()))
 }
 
 fn bpf_linker(root: &Path) -> Result<()> {
