@@ -230,6 +230,12 @@ fn pinned_state_outlives_the_process_and_detach_removes_it() {
     assert_dropped(&pair, BAD_V4, v4, "pinned program outlives the process");
     assert_dropped(&pair, BAD_V6, v6, "runtime ban outlives the process");
     assert_connects(&pair, GOOD_V4, v4, "others still pass");
+    let status = Defense::pinned_status(&dir).expect("read pinned status");
+    assert_eq!(status.links.len(), 1, "one pinned link: {status:?}");
+    assert_eq!(status.links[0].0, pair.server_if, "{status:?}");
+    assert_eq!(status.exact_bans, 2, "{status:?}");
+    let drops = status.counters.iter().find(|(n, _)| *n == "drop_ban_exact").map(|(_, v)| *v).unwrap_or(0);
+    assert!(drops >= drops_before + 2, "kernel kept counting with no gateway running: {status:?}");
 
     // Second run with an empty config: the runtime ban is adopted, the link
     // reused, the counters continue.

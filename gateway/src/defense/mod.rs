@@ -169,6 +169,12 @@ impl Defense {
         Ok(pins::remove_all(pin_dir)?)
     }
 
+    /// `gateway xdp status`: what is pinned in `pin_dir` (links, exact bans,
+    /// counters), readable while no gateway runs.
+    pub fn pinned_status(pin_dir: &Path) -> Result<pins::Status, DefenseError> {
+        Ok(pins::status(pin_dir)?)
+    }
+
     pub fn enforcement(&self) -> &Enforcement {
         &self.enforcement
     }

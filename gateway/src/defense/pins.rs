@@ -141,6 +141,39 @@ pub fn links(dir: &Path) -> Vec<(PathBuf, String, String)> {
         .collect()
 }
 
+/// What a pin folder holds, read without loading anything: for checking that
+/// the kernel still enforces while no gateway runs (`gateway xdp status`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Status {
+    /// (interface, mode) of each pinned link.
+    pub links: Vec<(String, String)>,
+    /// Exact bans (IPv4 + IPv6 entries) currently in the kernel.
+    pub exact_bans: usize,
+    /// Counters by [`gateway_common::Counter::name`], summed over CPUs.
+    pub counters: Vec<(&'static str, u64)>,
+}
+
+/// Reads [`Status`] from `dir`.
+pub fn status(dir: &Path) -> Result<Status, PinError> {
+    use aya::maps::{HashMap, Map, MapData, PerCpuArray};
+    let open = |name: &str| {
+        let path = dir.join(name);
+        MapData::from_pin(&path).map_err(|source| PinError::Unreadable { path, source })
+    };
+    let unreadable = |name: &str, source| PinError::Unreadable { path: dir.join(name), source };
+    let counters: PerCpuArray<MapData, u64> =
+        PerCpuArray::try_from(Map::PerCpuArray(open(MAP_COUNTERS)?)).map_err(|e| unreadable(MAP_COUNTERS, e))?;
+    let counters = gateway_common::Counter::ALL
+        .iter()
+        .map(|c| (c.name(), counters.get(&(*c as u32), 0).map(|v| v.iter().copied().fold(0u64, u64::wrapping_add)).unwrap_or(0)))
+        .collect();
+    let v4: HashMap<MapData, u32, BanEntry> = HashMap::try_from(Map::HashMap(open(MAP_BAN_V4)?)).map_err(|e| unreadable(MAP_BAN_V4, e))?;
+    let v6: HashMap<MapData, [u8; 16], BanEntry> = HashMap::try_from(Map::HashMap(open(MAP_BAN_V6)?)).map_err(|e| unreadable(MAP_BAN_V6, e))?;
+    let exact_bans = v4.keys().filter(Result::is_ok).count() + v6.keys().filter(Result::is_ok).count();
+    let links = links(dir).into_iter().map(|(_, iface, mode)| (iface, mode)).collect();
+    Ok(Status { links, exact_bans, counters })
+}
+
 /// Detaches (by unpinning the links) and frees everything pinned in `dir`,
 /// then removes the folder. Returns what was removed; a missing folder is
 /// not an error (nothing to do).
