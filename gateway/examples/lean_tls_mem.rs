@@ -85,6 +85,14 @@ fn configs() -> (Arc<ServerConfig>, Arc<ClientConfig>) {
     (Arc::new(server), Arc::new(client))
 }
 
+/// Resident set size in bytes (Linux), for the whole process: clients included, identical in
+/// both runs, so the difference between two runs is the server side's.
+fn rss() -> usize {
+    let statm = std::fs::read_to_string("/proc/self/statm").unwrap_or_default();
+    let pages: usize = statm.split_whitespace().nth(1).and_then(|p| p.parse().ok()).unwrap_or(0);
+    pages * 4096
+}
+
 fn main() {
     let mut args = std::env::args().skip(1);
     let kind = args.next().unwrap_or_else(|| "lean".into());
@@ -123,6 +131,7 @@ fn main() {
         let mut sessions: Vec<Session> = Vec::with_capacity(n);
         COUNTED.with(|c| c.set(true));
         let before = LIVE.load(Ordering::Relaxed);
+        let rss_before = rss();
         for _ in 0..n {
             let (tcp, _) = listener.accept().await.expect("accept");
             let mut s = match kind.as_str() {
@@ -159,6 +168,7 @@ fn main() {
             .await;
         }
         let after = LIVE.load(Ordering::Relaxed);
+        let rss_per = (rss() as f64 - rss_before as f64) / n as f64;
         // `sessions` was allocated before counting began, so `after - before` is the sessions alone.
         let per = (after - before) as f64 / n as f64;
         let own = match &sessions[0] {
@@ -167,7 +177,7 @@ fn main() {
         };
         println!(
             "{kind}: {n} idle sessions, server-thread heap {per:.0} B/session (stream struct {} B \
-             included{own})",
+             included{own}); process RSS {rss_per:.0} B/session incl. the client side",
             match kind.as_str() {
                 "lean" => std::mem::size_of::<gateway::tls::lean::LeanTlsStream>(),
                 _ => std::mem::size_of::<tokio_rustls::server::TlsStream<TcpStream>>(),

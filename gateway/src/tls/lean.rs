@@ -115,6 +115,7 @@ pub async fn accept(config: Arc<ServerConfig>, tcp: TcpStream) -> io::Result<Lea
         out_start: 0,
         peer_closed: false,
         sent_close: false,
+        read_error: None,
     };
     std::future::poll_fn(|cx| stream.poll_handshake(cx)).await?;
     Ok(stream)
@@ -139,6 +140,9 @@ pub struct LeanTlsStream {
     peer_closed: bool,
     /// Our close_notify is queued: further writes fail.
     sent_close: bool,
+    /// A read failed after plaintext was already delivered in the same call: the reader gets that
+    /// plaintext first and this error on its next read, as with tokio-rustls.
+    read_error: Option<io::Error>,
 }
 
 /// What one run of the rustls state machine is for.
@@ -468,12 +472,23 @@ impl AsyncRead for LeanTlsStream {
         if rb.remaining() == 0 || this.read_stashed(rb) {
             return Poll::Ready(Ok(()));
         }
+        if let Some(e) = this.read_error.take() {
+            return Poll::Ready(Err(e));
+        }
         let filled_before = rb.filled().len();
         loop {
             if this.peer_closed {
                 return Poll::Ready(Ok(()));
             }
-            match this.drive(Goal::Read(&mut *rb))? {
+            let outcome = match this.drive(Goal::Read(&mut *rb)) {
+                Ok(outcome) => outcome,
+                Err(e) if rb.filled().len() > filled_before => {
+                    this.read_error = Some(e.into());
+                    return Poll::Ready(Ok(()));
+                }
+                Err(e) => return Poll::Ready(Err(e.into())),
+            };
+            match outcome {
                 // More whole records may already be held; keep filling until the reader's buffer
                 // is full or only a partial record is left.
                 Outcome::Delivered if rb.remaining() > 0 => continue,
@@ -970,6 +985,24 @@ mod tests {
         let rest = read_n(&mut server, 5 * 700 - 10).await;
         assert!([head, rest].concat() == msgs.concat(), "records reordered or lost around a write");
         assert_eq!(server.buffered_bytes(), 0);
+    }
+
+    #[tokio::test]
+    async fn data_before_a_bad_record_is_delivered_then_the_error() {
+        let p = tls13();
+        let (mut server, client) = pair(&p).await;
+        let mut raw = RawClient::from(client);
+        let mut wire = raw.seal(b"good frame");
+        let mut bad = raw.seal(b"tampered");
+        let last = bad.len() - 1;
+        bad[last] ^= 0x80;
+        wire.extend_from_slice(&bad);
+        raw.tcp.write_all(&wire).await.expect("good then tampered record, one write");
+        let mut buf = vec![0u8; 64];
+        let n = within("good record", server.read(&mut buf)).await.expect("the good record is delivered");
+        assert_eq!(&buf[..n], b"good frame");
+        let e = within("bad record", server.read(&mut buf)).await.expect_err("tampered record");
+        assert!(matches!(lean_error(&e), LeanTlsError::Tls(rustls::Error::DecryptError)), "got {e}");
     }
 
     #[tokio::test]
