@@ -20,9 +20,9 @@
 //! one writer in the same task (the gateway's pattern). Semantics follow tokio-rustls: close_notify
 //! from the peer reads as EOF, a TCP close without it is an `UnexpectedEof` error.
 //!
-//! Known gaps, all from rustls 0.23's unbuffered API: a fatal alert rustls queues when it rejects
-//! the peer's bytes is never emitted (the connection state turns into a sticky error first), so the
-//! peer sees a bare TCP close; and TLS 1.3 early data is refused (the gateway does not enable it).
+//! When rustls rejects the peer's bytes its fatal alert is written best-effort (one non-blocking
+//! write, as tokio-rustls does) and the stream stays failed. TLS 1.3 early data is refused; the
+//! gateway does not enable it.
 
 use std::io;
 use std::mem;
@@ -82,6 +82,8 @@ pub enum LeanTlsError {
     BufferBound { what: &'static str, bound: usize },
     #[error("peer sent TLS early data, which this listener does not accept")]
     EarlyData,
+    #[error("the TLS connection failed earlier; it cannot be used any more")]
+    Broken,
     #[error("write after shutdown (close_notify already sent)")]
     WriteAfterShutdown,
     #[error("rustls reported state {0} where the stream cannot handle it")]
@@ -115,6 +117,7 @@ pub async fn accept(config: Arc<ServerConfig>, tcp: TcpStream) -> io::Result<Lea
         out_start: 0,
         peer_closed: false,
         sent_close: false,
+        broken: false,
         read_error: None,
     };
     std::future::poll_fn(|cx| stream.poll_handshake(cx)).await?;
@@ -140,6 +143,9 @@ pub struct LeanTlsStream {
     peer_closed: bool,
     /// Our close_notify is queued: further writes fail.
     sent_close: bool,
+    /// rustls rejected the peer's input. Its state must not be driven again: it would re-read the
+    /// bad bytes and raise a second fatal alert.
+    broken: bool,
     /// A read failed after plaintext was already delivered in the same call: the reader gets that
     /// plaintext first and this error on its next read, as with tokio-rustls.
     read_error: Option<io::Error>,
@@ -212,6 +218,9 @@ impl LeanTlsStream {
 
     /// Run rustls over the held input until it needs more input or has done what `goal` asks.
     fn drive(&mut self, mut goal: Goal<'_, '_>) -> Result<Outcome, LeanTlsError> {
+        if self.broken {
+            return Err(LeanTlsError::Broken);
+        }
         loop {
             let UnbufferedStatus { mut discard, state } = self.tls.process_tls_records(&mut self.incoming[self.in_start..]);
             let step = match state {
@@ -288,7 +297,15 @@ impl LeanTlsStream {
                 Ok(_) => Err(LeanTlsError::UnexpectedState("(unknown, newer rustls)")),
             };
             self.consume_incoming(discard);
-            let outcome = match step? {
+            let step = match step {
+                Err(e @ LeanTlsError::Tls(_)) => {
+                    self.broken = true;
+                    self.send_alert_last_gasp();
+                    return Err(e);
+                }
+                step => step?,
+            };
+            let outcome = match step {
                 Step::Continue => continue,
                 Step::Stop(outcome) => outcome,
                 Step::Writable => match goal {
@@ -311,6 +328,27 @@ impl LeanTlsStream {
                 }
             };
             return Ok(outcome);
+        }
+    }
+
+    /// rustls queues a fatal alert when it rejects the peer's bytes but reports only the error.
+    /// The alert comes out of the next `process_tls_records` call (queued output is offered before
+    /// any input is looked at); write it if the socket takes it right now, as tokio-rustls does,
+    /// so the peer learns why instead of seeing a bare close.
+    fn send_alert_last_gasp(&mut self) {
+        // Exactly one more call: with the alert taken, rustls would re-read the bad input and
+        // raise a second fatal alert (a debug assertion in rustls). `broken` stops any later call.
+        let UnbufferedStatus { discard, state } = self.tls.process_tls_records(&mut self.incoming[self.in_start..]);
+        if let Ok(ConnectionState::EncodeTlsData(mut enc)) = state {
+            if let Err(EncodeError::InsufficientSize(e)) = enc.encode(&mut []) {
+                let _ = append_outgoing(&mut self.outgoing, &mut self.out_start, e.required_size, |buf| Ok(enc.encode(buf)?));
+            }
+        }
+        self.consume_incoming(discard);
+        if self.out_start < self.outgoing.len() {
+            if let Ok(n) = self.tcp.try_write(&self.outgoing[self.out_start..]) {
+                self.out_start += n;
+            }
         }
     }
 
@@ -1003,6 +1041,17 @@ mod tests {
         assert_eq!(&buf[..n], b"good frame");
         let e = within("bad record", server.read(&mut buf)).await.expect_err("tampered record");
         assert!(matches!(lean_error(&e), LeanTlsError::Tls(rustls::Error::DecryptError)), "got {e}");
+        let e = server.read(&mut buf).await.expect_err("still failed");
+        assert!(matches!(lean_error(&e), LeanTlsError::Broken), "got {e}");
+        let e = server.write_all(b"x").await.expect_err("writes fail too");
+        assert!(matches!(lean_error(&e), LeanTlsError::Broken), "got {e}");
+        drop(server);
+        // The client learns why: a bad_record_mac alert arrives before the close.
+        let mut wire = Vec::new();
+        within("alert", raw.tcp.read_to_end(&mut wire)).await.expect("client reads until close");
+        raw.tls.read_tls(&mut &wire[..]).expect("client takes the bytes");
+        let alert = raw.tls.process_new_packets().expect_err("an alert, not data");
+        assert_eq!(alert, rustls::Error::AlertReceived(rustls::AlertDescription::BadRecordMac), "alert the client saw");
     }
 
     #[tokio::test]
@@ -1107,6 +1156,9 @@ mod tests {
         tcp.write_all(b"GET / HTTP/1.1\r\n\r\n").await.expect("write");
         let e = within("garbage handshake", accept(p.server.clone(), stcp)).await.err().expect("HTTP is not a ClientHello");
         assert_eq!(e.kind(), io::ErrorKind::InvalidData);
+        let mut reply = Vec::new();
+        within("alert", tcp.read_to_end(&mut reply)).await.expect("read the server's answer");
+        assert_eq!(reply.first(), Some(&0x15), "a TLS alert record before the close, got {reply:?}");
 
         // A client that does not trust our certificate aborts with an alert.
         let other = tls13();
