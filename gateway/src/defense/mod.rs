@@ -131,6 +131,18 @@ impl Defense {
                 }
                 Err(reason) => {
                     tracing::warn!(%reason, "XDP defense unavailable; enforcing the blacklist at accept time instead");
+                    if let Some(dir) = opts.pin_dir.as_deref() {
+                        let stale = pins::links(dir);
+                        if !stale.is_empty() {
+                            // The old program keeps running on its old list, and
+                            // nothing this process does will change that list.
+                            tracing::warn!(
+                                pin_dir = %dir.display(),
+                                links = ?stale.iter().map(|(_, i, m)| format!("{i} ({m})")).collect::<Vec<_>>(),
+                                "a previous gateway's XDP program is still attached through pins and enforces its old list; run `gateway xdp detach` to remove it"
+                            );
+                        }
+                    }
                     (None, Enforcement::Userspace { reason })
                 }
             }
