@@ -788,6 +788,49 @@ mod tests {
         assert_eq!(server.await.expect("echo task").buffered_bytes(), 0, "no buffers after close");
     }
 
+    /// Many sessions at once on a multi-thread runtime (tasks move between workers and their
+    /// per-thread pools), messages of assorted sizes both ways.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn concurrent_sessions_echo_assorted_sizes() {
+        let p = Arc::new(tls13());
+        let mut sessions = Vec::new();
+        for c in 0..24u64 {
+            let p = p.clone();
+            sessions.push(tokio::spawn(async move {
+                let (server, mut client) = pair(&p).await;
+                let server = tokio::spawn(echo(server));
+                let mut x = 0x9e37_79b9_7f4a_7c15u64 ^ c;
+                for m in 0..12u8 {
+                    x ^= x << 13;
+                    x ^= x >> 7;
+                    x ^= x << 17;
+                    let msg = pattern(1 + (x % 40_000) as usize, m);
+                    let (mut rd, mut wr) = tokio::io::split(client);
+                    let sent = msg.clone();
+                    let w = tokio::spawn(async move {
+                        wr.write_all(&sent).await.expect("client write");
+                        wr.flush().await.expect("client flush");
+                        wr
+                    });
+                    let mut back = vec![0u8; msg.len()];
+                    rd.read_exact(&mut back).await.expect("client read");
+                    assert!(back == msg, "session {c} message {m}: echo differs");
+                    client = rd.unsplit(w.await.expect("writer"));
+                }
+                client.shutdown().await.expect("client shutdown");
+                let mut rest = Vec::new();
+                client.read_to_end(&mut rest).await.expect("clean close");
+                assert_eq!(server.await.expect("echo task").buffered_bytes(), 0, "session {c}: buffers after close");
+            }));
+        }
+        within("24 concurrent sessions", async {
+            for s in sessions {
+                s.await.expect("session task");
+            }
+        })
+        .await;
+    }
+
     #[tokio::test]
     async fn one_100k_write_from_server_is_split_into_records() {
         let p = tls13();
