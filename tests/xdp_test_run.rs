@@ -221,11 +221,11 @@ fn expired_entries_stop_matching() {
     let ip: IpAddr = "192.0.2.99".parse().unwrap();
     let mut p = Prog::load(policy(), &[]);
     // Inserted after the (slow) load so the clock starts now.
-    let rule = Rule { expires_at: Some(Instant::now() + Duration::from_millis(500)), ..Rule::ban(IpNet::host(ip)) };
+    let rule = Rule { expires_at: Some(Instant::now() + Duration::from_millis(1500)), ..Rule::ban(IpNet::host(ip)) };
     p.k.insert(&rule).unwrap();
     let syn = tcp(PORT, SYN);
     p.expect("before expiry", &eth4(&ipv4("192.0.2.99", 6, 0, &syn)), XDP_DROP, "drop_ban_exact");
-    std::thread::sleep(Duration::from_millis(600));
+    std::thread::sleep(Duration::from_millis(1700));
     p.expect("after expiry", &eth4(&ipv4("192.0.2.99", 6, 0, &syn)), XDP_PASS, "pass_no_match");
 }
 
