@@ -36,6 +36,31 @@ enum Command {
     Load(LoadArgs),
     /// Push API benchmark: bounded number of pushes to uids held by `gateway load`.
     PushBench(PushBenchArgs),
+    /// Inspect or remove the XDP program and maps pinned in bpffs (no running gateway needed).
+    Xdp(XdpArgs),
+}
+
+#[derive(Args)]
+struct XdpArgs {
+    #[command(subcommand)]
+    action: XdpAction,
+}
+
+#[derive(Args)]
+struct XdpOpts {
+    /// Pin folder; default: xdp.pin_dir from the config, else /sys/fs/bpf/im-gateway/<node-id>.
+    #[arg(long)]
+    pin_dir: Option<PathBuf>,
+    #[command(flatten)]
+    config: ConfigArgs,
+}
+
+#[derive(Subcommand)]
+enum XdpAction {
+    /// Links, ban count and verdict counters from the pinned maps.
+    Stats(XdpOpts),
+    /// Detach the pinned program and remove the pins: the kernel stops enforcing.
+    Detach(XdpOpts),
 }
 
 #[derive(Args)]
@@ -205,6 +230,7 @@ fn main() -> ExitCode {
             Command::CheckConfig(a) => a.load().map(|_| println!("configuration OK")),
             Command::Load(a) => load(a).await,
             Command::PushBench(a) => push_bench(a).await,
+            Command::Xdp(a) => xdp(a),
             Command::Ban(a) => ban(a).await,
         }
     });
@@ -400,6 +426,47 @@ async fn push_bench(a: PushBenchArgs) -> anyhow::Result<()> {
         r.p99.as_secs_f64() * 1e3,
         r.max.as_secs_f64() * 1e3
     );
+    Ok(())
+}
+
+fn xdp(a: XdpArgs) -> anyhow::Result<()> {
+    use gateway::defense::{pins, Defense};
+    let (XdpAction::Stats(opts) | XdpAction::Detach(opts)) = &a.action;
+    let dir = match &opts.pin_dir {
+        Some(d) => d.clone(),
+        None => {
+            let config = opts.config.load()?;
+            config.xdp.pin_dir.unwrap_or_else(|| pins::default_dir(&config.node.id))
+        }
+    };
+    if !dir.exists() {
+        anyhow::bail!("nothing is pinned in {} (pinning needs xdp.pin = true on a gateway that loaded XDP)", dir.display());
+    }
+    match a.action {
+        XdpAction::Stats(_) => {
+            let s = Defense::pinned_status(&dir).with_context(|| format!("reading pins in {}", dir.display()))?;
+            println!("pin dir: {}", dir.display());
+            if s.links.is_empty() {
+                println!("links: none (the program is not attached through these pins)");
+            }
+            for (iface, mode) in &s.links {
+                println!("link: {iface} ({mode})");
+            }
+            println!("exact bans in the kernel: {}", s.exact_bans);
+            for (name, v) in &s.counters {
+                println!("{name:<28} {v}");
+            }
+        }
+        XdpAction::Detach(_) => {
+            let removed = Defense::detach_pinned(&dir).with_context(|| format!("detaching pins in {}", dir.display()))?;
+            if removed.is_empty() {
+                println!("nothing pinned in {}", dir.display());
+            }
+            for p in removed {
+                println!("removed {}", p.display());
+            }
+        }
+    }
     Ok(())
 }
 

@@ -181,6 +181,14 @@ pub struct XdpConfig {
     pub object: Option<PathBuf>,
     /// Static blacklist of exact addresses, loaded at start.
     pub blacklist: Vec<IpAddr>,
+    /// Count would-drops, drop nothing (trial a rule set before enforcing).
+    pub monitor: bool,
+    pub drop_fragments: bool,
+    pub drop_malformed: bool,
+    /// Per-source SYN token bucket on the listening ports; None: off.
+    pub syn_limit: Option<(u32, u32)>,
+    /// Pin maps and link in bpffs so the kernel keeps enforcing across restarts.
+    pub pin_dir: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone)]

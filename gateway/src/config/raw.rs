@@ -186,6 +186,13 @@ pub struct RawXdp {
     pub attach_mode: String,
     pub object: String,
     pub blacklist: Vec<String>,
+    pub monitor: bool,
+    pub drop_fragments: bool,
+    pub drop_malformed: bool,
+    pub syn_rate: u32,
+    pub syn_burst: u32,
+    pub pin: bool,
+    pub pin_dir: String,
 }
 impl Default for RawXdp {
     fn default() -> Self {
@@ -195,6 +202,13 @@ impl Default for RawXdp {
             attach_mode: "auto".into(),
             object: String::new(),
             blacklist: Vec::new(),
+            monitor: false,
+            drop_fragments: false,
+            drop_malformed: true,
+            syn_rate: 1000,
+            syn_burst: 2000,
+            pin: false,
+            pin_dir: String::new(),
         }
     }
 }
@@ -532,6 +546,36 @@ impl RawConfig {
             }
         }
 
+        let syn_limit = match (r.xdp.syn_rate, r.xdp.syn_burst) {
+            (0, _) => None,
+            (rate, _) if rate > 100_000 => {
+                c.err("xdp.syn_rate", format!("{rate} per second is over 100000 (0 turns the SYN limiter off)"));
+                None
+            }
+            (_, 0) => {
+                c.err("xdp.syn_burst", "must be at least 1: 0 would drop every new connection (set xdp.syn_rate = 0 to turn the limiter off)");
+                None
+            }
+            (_, burst) if burst > 1_000_000 => {
+                c.err("xdp.syn_burst", format!("{burst} is over 1000000"));
+                None
+            }
+            (rate, burst) => Some((rate, burst)),
+        };
+        let pin_dir = match (r.xdp.pin, r.xdp.pin_dir.trim()) {
+            (false, "") => None,
+            (false, _) => {
+                c.err("xdp.pin_dir", "set, but xdp.pin is false: set xdp.pin = true to pin, or remove xdp.pin_dir");
+                None
+            }
+            (true, "") => Some(crate::defense::pins::default_dir(&node_id)),
+            (true, d) if !d.starts_with('/') => {
+                c.err("xdp.pin_dir", format!("{d:?} must be an absolute path in bpffs (e.g. /sys/fs/bpf/im-gateway/<node-id>)"));
+                None
+            }
+            (true, d) => Some(PathBuf::from(d)),
+        };
+
         let etcd_endpoints = o.etcd_endpoints.clone().unwrap_or(r.cluster.etcd_endpoints);
         for (i, e) in etcd_endpoints.iter().enumerate() {
             if !(e.starts_with("http://") || e.starts_with("https://")) {
@@ -593,6 +637,11 @@ impl RawConfig {
                 attach_mode,
                 object: Check::optional_path(&r.xdp.object),
                 blacklist,
+                monitor: r.xdp.monitor,
+                drop_fragments: r.xdp.drop_fragments,
+                drop_malformed: r.xdp.drop_malformed,
+                syn_limit,
+                pin_dir,
             },
             cluster: ClusterConfig {
                 etcd_endpoints,

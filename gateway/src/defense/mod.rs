@@ -325,6 +325,11 @@ mod tests {
             attach_mode: AttachMode::Auto,
             object: Some("/nonexistent/gateway-xdp.o".into()),
             blacklist: blacklist.iter().map(|s| s.parse().unwrap()).collect(),
+            monitor: false,
+            drop_fragments: false,
+            drop_malformed: true,
+            syn_limit: None,
+            pin_dir: None,
         }
     }
 

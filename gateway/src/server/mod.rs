@@ -47,6 +47,21 @@ pub enum StartError {
     Bind { addr: SocketAddr, what: &'static str, source: io::Error, hint: &'static str },
 }
 
+/// The kernel policy from `[xdp]`: the SYN limiter covers every client listener.
+fn defense_options(config: &Config, addr: SocketAddr, plaintext: Option<SocketAddr>) -> crate::defense::Options {
+    let x = &config.xdp;
+    let mut ports = vec![addr.port()];
+    ports.extend(plaintext.map(|a| a.port()));
+    let policy = crate::defense::KernelPolicy {
+        monitor: x.monitor,
+        drop_fragments: x.drop_fragments,
+        drop_malformed: x.drop_malformed,
+        syn_limit: x.syn_limit.map(|(rate_per_sec, burst)| crate::defense::SynLimit { rate_per_sec, burst }),
+        listen_ports: ports,
+    };
+    crate::defense::Options { policy, pin_dir: x.pin_dir.clone() }
+}
+
 /// A running node.
 pub struct Gateway {
     pub node: Arc<Node>,
@@ -113,7 +128,7 @@ pub async fn start(config: Config) -> Result<Gateway, StartError> {
     };
     let admin_addr = admin.as_ref().and_then(|l| l.local_addr().ok());
 
-    let defense = Defense::start(&config.xdp, addr);
+    let defense = Defense::start_with(&config.xdp, addr, defense_options(&config, addr, plaintext_addr));
     match defense.enforcement() {
         Enforcement::Xdp { interface, mode } => tracing::info!(%interface, %mode, "XDP blacklist active in the kernel"),
         Enforcement::Userspace { reason } => {

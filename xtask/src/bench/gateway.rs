@@ -60,6 +60,8 @@ listen = "{API}"
 listen = "{ADMIN}"
 [xdp]
 enabled = false
+# Every session comes from one address: the per-source SYN limit would apply.
+syn_rate = 0
 [abuse]
 # One source (loopback) opens every session: the per-source detectors would
 # (correctly) ban it.
