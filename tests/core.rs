@@ -497,3 +497,21 @@ async fn acking_a_burst_of_pushes_is_not_rate_limited() {
     }
     assert_eq!(gw.metric("gateway_push_acks_total{result=\"other\"}").await, 300);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn buffered_tls_engine_serves_the_same_protocol() {
+    // The default engine is `lean`; `buffered` (tokio-rustls) is the fallback.
+    let gw = TestGateway::start(|c| c.tls.engine = "buffered".into()).await;
+    let (mut a, _) = gw.login("alice", None).await;
+    let (mut b, _) = gw.login("bob", None).await;
+    let seq = a.heartbeat().await.unwrap();
+    assert!(matches!(a.recv_timeout(T).await, Ok((s, Message::HeartbeatAck)) if s == seq));
+    let (_, r) = gw.post("/v1/push", json!({"uids": ["bob"], "payload": "x".repeat(40_000)})).await;
+    assert_eq!(r["results"][0]["status"], "delivered", "{r}");
+    let (_, _, p) = expect_push(&mut b).await;
+    assert_eq!(p.len(), 40_000);
+    a.send(Message::Send { to: "bob".into(), payload: b"hi".to_vec().into() }).await.unwrap();
+    let (_, from, _) = expect_push(&mut b).await;
+    assert_eq!(from, "alice");
+    a.close().await.expect("orderly close");
+}

@@ -118,6 +118,16 @@ pub struct TlsConfig {
     /// Both set, or both unset (then a dev certificate is generated).
     pub cert_file: Option<PathBuf>,
     pub key_file: Option<PathBuf>,
+    pub engine: TlsEngine,
+}
+
+/// Which TLS stream implementation serves client connections.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TlsEngine {
+    /// `tls::lean`: rustls' unbuffered API, no buffers held while idle (~4 KiB less per session).
+    Lean,
+    /// tokio-rustls: rustls' buffered connection (keeps a 4 KiB read buffer per session).
+    Buffered,
 }
 
 #[derive(Debug, Clone)]

@@ -78,11 +78,17 @@ impl Default for RawListen {
     }
 }
 
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct RawTls {
     pub cert_file: String,
     pub key_file: String,
+    pub engine: String,
+}
+impl Default for RawTls {
+    fn default() -> Self {
+        RawTls { cert_file: String::new(), key_file: String::new(), engine: "lean".into() }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -425,6 +431,14 @@ impl RawConfig {
             _ => {}
         }
 
+        let engine = match r.tls.engine.trim() {
+            "lean" => TlsEngine::Lean,
+            "buffered" => TlsEngine::Buffered,
+            other => {
+                c.err("tls.engine", format!("{other:?}: expected \"lean\" or \"buffered\""));
+                TlsEngine::Lean
+            }
+        };
         let algorithm = match r.auth.algorithm.trim().to_ascii_uppercase().as_str() {
             "HS256" => JwtAlgorithm::Hs256,
             "RS256" => JwtAlgorithm::Rs256,
@@ -611,7 +625,7 @@ impl RawConfig {
                 backlog: r.listen.backlog,
                 max_connections: r.listen.max_connections,
             },
-            tls: TlsConfig { cert_file, key_file },
+            tls: TlsConfig { cert_file, key_file, engine },
             auth: AuthConfig { algorithm, secret, secret_file, public_key_file, leeway },
             session: SessionConfig {
                 login_timeout,

@@ -16,6 +16,7 @@ use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio::sync::Semaphore;
 use tokio::task::JoinHandle;
+use tokio_rustls::rustls::ServerConfig;
 use tokio_rustls::TlsAcceptor;
 
 use crate::abuse::{detector, Admit};
@@ -105,7 +106,7 @@ pub async fn start(config: Config) -> Result<Gateway, StartError> {
             (c.clone(), k, Some(c))
         }
     };
-    let acceptor = TlsAcceptor::from(tls::server_config(&cert, &key)?);
+    let server_tls = tls::server_config(&cert, &key)?;
     let secret = state::resolve_secret(&config.auth, &state_dir)?;
     if let Some((_, state::SecretSource::Generated(p))) = &secret {
         tracing::info!(file = %p.display(), "generated a dev JWT secret (mint tokens with `gateway token`)");
@@ -152,7 +153,7 @@ pub async fn start(config: Config) -> Result<Gateway, StartError> {
     }
     let limit = Arc::new(Semaphore::new(max_conns));
     let busy = Arc::new(Semaphore::new(BUSY_REPLY_SLOTS));
-    tasks.push(tokio::spawn(accept_loop(node.clone(), listener, Some(acceptor), limit.clone(), busy.clone())));
+    tasks.push(tokio::spawn(accept_loop(node.clone(), listener, Some(server_tls), limit.clone(), busy.clone())));
     if let Some(p) = plain {
         tracing::warn!(addr = ?plaintext_addr, "plaintext listener enabled (internal use only)");
         tasks.push(tokio::spawn(accept_loop(node.clone(), p, None, limit, busy)));
@@ -203,7 +204,7 @@ const BUSY_REPLY_SLOTS: usize = 64;
 const BUSY_REPLY_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// Tell a client refused at `listen.max_connections` to try another node.
-fn refuse_busy(node: &Node, tcp: TcpStream, tls: Option<TlsAcceptor>, busy: &Arc<Semaphore>) {
+fn refuse_busy(node: &Node, tcp: TcpStream, tls: Option<Arc<ServerConfig>>, busy: &Arc<Semaphore>) {
     let Ok(slot) = busy.clone().try_acquire_owned() else { return };
     node.metrics.busy_replies.inc();
     tokio::spawn(async move {
@@ -211,8 +212,8 @@ fn refuse_busy(node: &Node, tcp: TcpStream, tls: Option<TlsAcceptor>, busy: &Arc
         let frame = Message::error(Code::ServerBusy, "busy, try another node").to_bytes(0);
         let _ = tokio::time::timeout(BUSY_REPLY_TIMEOUT, async move {
             match tls {
-                Some(acceptor) => {
-                    let mut s = acceptor.accept(tcp).await?;
+                Some(config) => {
+                    let mut s = TlsAcceptor::from(config).accept(tcp).await?;
                     s.write_all(&frame).await?;
                     s.shutdown().await
                 }
@@ -227,7 +228,13 @@ fn refuse_busy(node: &Node, tcp: TcpStream, tls: Option<TlsAcceptor>, busy: &Arc
     });
 }
 
-async fn accept_loop(node: Arc<Node>, listener: TcpListener, tls: Option<TlsAcceptor>, limit: Arc<Semaphore>, busy: Arc<Semaphore>) {
+async fn accept_loop(
+    node: Arc<Node>,
+    listener: TcpListener,
+    tls: Option<Arc<ServerConfig>>,
+    limit: Arc<Semaphore>,
+    busy: Arc<Semaphore>,
+) {
     let mut backoff = Duration::ZERO;
     loop {
         let accepted = tokio::select! {

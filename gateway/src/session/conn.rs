@@ -25,11 +25,14 @@ use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::OwnedSemaphorePermit;
 use tokio::time::Instant;
+use tokio_rustls::rustls::ServerConfig;
 use tokio_rustls::TlsAcceptor;
 use tokio_util::codec::FramedRead;
 
 use crate::abuse::{detector, FrameVerdict, PacketRate, SourceSlot};
 use crate::auth::Identity;
+use crate::config::TlsEngine;
+use crate::tls::lean::LeanTlsStream;
 use crate::config::DuplicateLogin;
 use crate::node::Node;
 use crate::protocol::{Code, DecodeError, Frame, FrameCodec, Message, Op};
@@ -79,7 +82,7 @@ pub async fn run(
     node: Arc<Node>,
     tcp: TcpStream,
     peer: SocketAddr,
-    tls: Option<TlsAcceptor>,
+    tls: Option<Arc<ServerConfig>>,
     _permit: OwnedSemaphorePermit,
     slot: SourceSlot,
     ban_epoch: u64,
@@ -89,15 +92,23 @@ pub async fn run(
     let mut guard = ConnGuard { node: &node, prelogin: true, slot, ban_epoch };
     let deadline = Instant::now() + node.config.session.login_timeout;
     match tls {
-        Some(acceptor) => {
-            // Boxed call: the handshake's state is freed when it completes, and
-            // only the boxed stream comes back, so the task that lives for the
-            // whole session holds no second copy of it.
-            let Some(framed) = Box::pin(handshake(&node, acceptor, tcp, peer, deadline)).await else {
-                return;
-            };
-            serve(&node, &mut guard, framed, peer, deadline).await
-        }
+        // Boxed calls: the handshake's state is freed when it completes, and
+        // only the boxed stream comes back, so the task that lives for the
+        // whole session holds no second copy of it.
+        Some(config) => match node.config.tls.engine {
+            TlsEngine::Lean => {
+                let Some(framed) = Box::pin(handshake_lean(&node, config, tcp, peer, deadline)).await else {
+                    return;
+                };
+                serve(&node, &mut guard, framed, peer, deadline).await
+            }
+            TlsEngine::Buffered => {
+                let Some(framed) = Box::pin(handshake(&node, TlsAcceptor::from(config), tcp, peer, deadline)).await else {
+                    return;
+                };
+                serve(&node, &mut guard, framed, peer, deadline).await
+            }
+        },
         None => serve(&node, &mut guard, framed(&node, tcp), peer, deadline).await,
     }
 }
@@ -120,6 +131,34 @@ async fn handshake(
 ) -> Option<Conn<tokio_rustls::server::TlsStream<TcpStream>>> {
     let result = tokio::select! {
         r = tokio::time::timeout_at(deadline, acceptor.accept(tcp)) => r,
+        _ = node.shutdown.cancelled() => return None,
+    };
+    match result {
+        Ok(Ok(stream)) => Some(framed(node, stream)),
+        Ok(Err(e)) => {
+            node.metrics.tls_handshake_failures.inc();
+            tracing::debug!(%peer, error = %e, "TLS handshake failed");
+            None
+        }
+        Err(_) => {
+            node.metrics.tls_handshake_failures.inc();
+            node.metrics.logins.inc("timeout");
+            tracing::debug!(%peer, "TLS handshake did not finish before the login deadline");
+            None
+        }
+    }
+}
+
+/// The same on the lean engine (see `tls::lean`): no TLS buffers while idle.
+async fn handshake_lean(
+    node: &Node,
+    config: Arc<ServerConfig>,
+    tcp: TcpStream,
+    peer: SocketAddr,
+    deadline: Instant,
+) -> Option<Conn<LeanTlsStream>> {
+    let result = tokio::select! {
+        r = tokio::time::timeout_at(deadline, crate::tls::lean::accept(config, tcp)) => r,
         _ = node.shutdown.cancelled() => return None,
     };
     match result {
