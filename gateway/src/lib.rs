@@ -25,6 +25,7 @@ pub mod admin;
 pub mod bans;
 pub mod config;
 pub mod defense;
+pub mod doctor;
 pub mod api;
 pub mod auth;
 pub mod client;

@@ -38,6 +38,17 @@ enum Command {
     PushBench(PushBenchArgs),
     /// Inspect or remove the XDP program and maps pinned in bpffs (no running gateway needed).
     Xdp(XdpArgs),
+    /// Check the kernel's SYN-flood and accept-queue settings against [host]; --apply sets them.
+    Doctor(DoctorArgs),
+}
+
+#[derive(Args)]
+struct DoctorArgs {
+    /// Write the recommended value of every setting that is off (needs root; per network namespace).
+    #[arg(long)]
+    apply: bool,
+    #[command(flatten)]
+    config: ConfigArgs,
 }
 
 #[derive(Args)]
@@ -231,6 +242,7 @@ fn main() -> ExitCode {
             Command::Load(a) => load(a).await,
             Command::PushBench(a) => push_bench(a).await,
             Command::Xdp(a) => xdp(a),
+            Command::Doctor(a) => doctor(a),
             Command::Ban(a) => ban(a).await,
         }
     });
@@ -426,6 +438,17 @@ async fn push_bench(a: PushBenchArgs) -> anyhow::Result<()> {
         r.p99.as_secs_f64() * 1e3,
         r.max.as_secs_f64() * 1e3
     );
+    Ok(())
+}
+
+fn doctor(a: DoctorArgs) -> anyhow::Result<()> {
+    let config = a.config.load()?;
+    let findings = gateway::doctor::run(gateway::doctor::recommendations(&config), std::path::Path::new("/proc/sys"), a.apply);
+    print!("{}", gateway::doctor::render(&findings));
+    let bad = findings.iter().filter(|f| !f.passed()).count();
+    if bad > 0 {
+        bail!("{bad} setting(s) differ from the recommendation (see docs/operations.md, \"Accept queue and SYN floods\")");
+    }
     Ok(())
 }
 

@@ -96,6 +96,7 @@ pub struct Config {
     pub abuse: AbuseConfig,
     pub bans: BansConfig,
     pub admin: AdminConfig,
+    pub host: HostConfig,
 }
 
 #[derive(Debug, Clone)]
@@ -205,6 +206,15 @@ pub struct XdpConfig {
 pub struct ClusterConfig {
     pub etcd_endpoints: Vec<String>,
     pub advertise_addr: Option<String>,
+}
+
+/// Recommended kernel settings checked by `gateway doctor`.
+#[derive(Debug, Clone)]
+pub struct HostConfig {
+    pub tcp_syncookies: i64,
+    pub tcp_max_syn_backlog: i64,
+    pub tcp_synack_retries: i64,
+    pub tcp_abort_on_overflow: i64,
 }
 
 #[derive(Debug, Clone)]

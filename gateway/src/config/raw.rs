@@ -23,6 +23,7 @@ pub struct RawConfig {
     pub abuse: RawAbuse,
     pub bans: RawBans,
     pub admin: RawAdmin,
+    pub host: RawHost,
 }
 
 impl Default for RawConfig {
@@ -43,6 +44,7 @@ impl Default for RawConfig {
             abuse: RawAbuse::default(),
             bans: RawBans::default(),
             admin: RawAdmin::default(),
+            host: RawHost::default(),
         }
     }
 }
@@ -224,6 +226,20 @@ impl Default for RawXdp {
 pub struct RawCluster {
     pub etcd_endpoints: Vec<String>,
     pub advertise_addr: String,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawHost {
+    pub tcp_syncookies: i64,
+    pub tcp_max_syn_backlog: i64,
+    pub tcp_synack_retries: i64,
+    pub tcp_abort_on_overflow: i64,
+}
+impl Default for RawHost {
+    fn default() -> Self {
+        RawHost { tcp_syncookies: 1, tcp_max_syn_backlog: 8192, tcp_synack_retries: 2, tcp_abort_on_overflow: 0 }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -597,6 +613,23 @@ impl RawConfig {
             }
         }
 
+        let h = &r.host;
+        if !(0..=2).contains(&h.tcp_syncookies) {
+            c.err("host.tcp_syncookies", "0, 1 or 2 (1: cookies when the SYN queue overflows)");
+        }
+        if h.tcp_syncookies == 0 {
+            c.err("host.tcp_syncookies", "0 would recommend turning SYN cookies off on an edge host facing floods; use 1 or 2");
+        }
+        if !(128..=1 << 20).contains(&h.tcp_max_syn_backlog) {
+            c.err("host.tcp_max_syn_backlog", "between 128 and 1048576");
+        }
+        if !(1..=10).contains(&h.tcp_synack_retries) {
+            c.err("host.tcp_synack_retries", "between 1 and 10");
+        }
+        if !(0..=1).contains(&h.tcp_abort_on_overflow) {
+            c.err("host.tcp_abort_on_overflow", "0 or 1");
+        }
+
         let shutdown_grace = c.duration("shutdown.grace", &r.shutdown.grace);
         let json = match r.log.format.trim() {
             "text" => false,
@@ -662,6 +695,12 @@ impl RawConfig {
                 advertise_addr: Some(r.cluster.advertise_addr.trim().to_string()).filter(|s| !s.is_empty()),
             },
             shutdown: ShutdownConfig { grace: shutdown_grace },
+            host: HostConfig {
+                tcp_syncookies: r.host.tcp_syncookies,
+                tcp_max_syn_backlog: r.host.tcp_max_syn_backlog,
+                tcp_synack_retries: r.host.tcp_synack_retries,
+                tcp_abort_on_overflow: r.host.tcp_abort_on_overflow,
+            },
             log: LogConfig { level: r.log.level, json },
             abuse,
             bans,
