@@ -70,7 +70,7 @@ fn conn_rate_auto_ban_is_enforced_by_xdp() {
             return;
         }
     };
-    let bin = gateway_bin();
+    let bin = gateway_tests::harness::gateway_bin();
     let pair = VethPair::new(SERVER, &[GOOD, FLOOD]);
     let state = std::env::temp_dir().join(netns::unique("gwabuse"));
     std::fs::create_dir_all(&state).expect("state dir");
@@ -150,12 +150,3 @@ impl Drop for Guard {
     }
 }
 
-fn gateway_bin() -> PathBuf {
-    if let Some(p) = std::env::var_os("GATEWAY_BIN") {
-        return PathBuf::from(p);
-    }
-    let exe = std::env::current_exe().expect("current test executable");
-    let bin = exe.parent().and_then(|d| d.parent()).map(|d| d.join("gateway")).expect("target dir layout");
-    assert!(bin.exists(), "no gateway binary at {}; set GATEWAY_BIN or run `cargo xtask test`", bin.display());
-    bin
-}

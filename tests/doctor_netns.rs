@@ -1,19 +1,8 @@
 //! `gateway doctor --apply` inside a network namespace: the settings it
 //! checks are per namespace, so the test changes nothing on the host.
 
-use std::path::PathBuf;
-
 use gateway_tests::netns::{self, NetNs};
 
-fn gateway_bin() -> PathBuf {
-    if let Some(p) = std::env::var_os("GATEWAY_BIN") {
-        return PathBuf::from(p);
-    }
-    let exe = std::env::current_exe().expect("current test executable");
-    let bin = exe.parent().and_then(|d| d.parent()).map(|d| d.join("gateway")).expect("target dir layout");
-    assert!(bin.exists(), "no gateway binary at {}; set GATEWAY_BIN or run `cargo xtask test`", bin.display());
-    bin
-}
 
 fn sysctl_in(ns: &NetNs, name: &str) -> String {
     let out = ns.command("sysctl").args(["-n", name]).output().expect("sysctl");
@@ -25,7 +14,7 @@ fn doctor_reports_then_applies_inside_a_namespace_only() {
     if !netns::privileged("doctor_reports_then_applies_inside_a_namespace_only") {
         return;
     }
-    let bin = gateway_bin();
+    let bin = gateway_tests::harness::gateway_bin();
     let ns = NetNs::new("doctor");
     // Start from values the doctor must flag.
     for (k, v) in [("net.ipv4.tcp_synack_retries", "5"), ("net.ipv4.tcp_max_syn_backlog", "256")] {

@@ -12,6 +12,19 @@ use gateway::server::Gateway;
 
 static NEXT_DIR: AtomicUsize = AtomicUsize::new(0);
 
+/// The `gateway` binary for tests that run it as a process: `$GATEWAY_BIN`
+/// (set by `cargo xtask test`), else `target/<profile>/gateway` beside the
+/// test executable's folder.
+pub fn gateway_bin() -> PathBuf {
+    if let Some(p) = std::env::var_os("GATEWAY_BIN") {
+        return PathBuf::from(p);
+    }
+    let exe = std::env::current_exe().expect("current test executable");
+    let bin = exe.parent().and_then(|d| d.parent()).map(|d| d.join("gateway")).expect("target dir layout");
+    assert!(bin.exists(), "no gateway binary at {}; set GATEWAY_BIN or run `cargo xtask test`", bin.display());
+    bin
+}
+
 /// A directory under the system temp dir, removed on drop.
 pub struct TempDir(pub PathBuf);
 

@@ -87,6 +87,7 @@ fn defense_drops_blacklisted_sources_on_veth() {
         attach_mode: AttachMode::Auto,
         object: Some(object),
         blacklist: vec![BAD_V4.parse().unwrap(), BAD_V6.parse().unwrap()],
+        ..gateway::config::Config::defaults().xdp
     };
     let (defense, _l4, _l6) = pair.server.run(move || {
         let d = Defense::start(&cfg, v4);
@@ -148,7 +149,7 @@ fn syn_limiter_drops_connection_bursts_over_the_limit() {
     let pair = pair();
     let v4: SocketAddr = format!("{SERVER_V4}:7447").parse().unwrap();
     let other: SocketAddr = format!("{SERVER_V4}:7448").parse().unwrap();
-    let cfg = XdpConfig { enabled: true, interface: None, attach_mode: AttachMode::Auto, object: Some(object), blacklist: Vec::new() };
+    let cfg = XdpConfig { enabled: true, interface: None, attach_mode: AttachMode::Auto, object: Some(object), blacklist: Vec::new(), ..gateway::config::Config::defaults().xdp };
     // Rate 0: no refill at all during the test, so the count is exact.
     let policy = KernelPolicy { syn_limit: Some(SynLimit { rate_per_sec: 0, burst: 3 }), ..KernelPolicy::for_port(v4.port()) };
     let opts = Options { policy, pin_dir: None };
@@ -210,6 +211,7 @@ fn pinned_state_outlives_the_process_and_detach_removes_it() {
         attach_mode: AttachMode::Auto,
         object: Some(object.clone()),
         blacklist,
+        ..gateway::config::Config::defaults().xdp
     };
     let opts = Options { pin_dir: Some(dir.clone()), ..Options::for_listen(v4) };
 
@@ -265,7 +267,7 @@ fn gateway_binary_enforces_static_blacklist_with_xdp() {
         return;
     }
     let Some(object) = netns::xdp_object("gateway_binary_enforces_static_blacklist_with_xdp") else { return };
-    let bin = gateway_bin();
+    let bin = gateway_tests::harness::gateway_bin();
     let pair = pair();
     let state = std::env::temp_dir().join(netns::unique("gwstate"));
     std::fs::create_dir_all(&state).expect("state dir");
@@ -356,14 +358,3 @@ impl Drop for Guard {
     }
 }
 
-/// `$GATEWAY_BIN`, else `gateway` next to the test executable's parent dir
-/// (`target/<profile>/deps/xdp_netns-*` -> `target/<profile>/gateway`).
-fn gateway_bin() -> PathBuf {
-    if let Some(p) = std::env::var_os("GATEWAY_BIN") {
-        return PathBuf::from(p);
-    }
-    let exe = std::env::current_exe().expect("current test executable");
-    let bin = exe.parent().and_then(|d| d.parent()).map(|d| d.join("gateway")).expect("target dir layout");
-    assert!(bin.exists(), "no gateway binary at {}; set GATEWAY_BIN or run `cargo xtask test`", bin.display());
-    bin
-}

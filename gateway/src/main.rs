@@ -280,6 +280,19 @@ async fn wait_for_signal() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// TLS settings for the client-side commands: trust `ca`, else the dev certificate.
+fn client_tls(plaintext: bool, ca: Option<&std::path::Path>, server_name: &str, cfg: &ConfigArgs) -> anyhow::Result<Option<TlsOptions>> {
+    if plaintext {
+        return Ok(None);
+    }
+    let ca = match ca {
+        Some(c) => c.to_path_buf(),
+        None => cfg.load()?.node.state_dir.join(gateway::state::DEV_CERT_FILE),
+    };
+    let opts = TlsOptions::from_ca_file(&ca, server_name).with_context(|| format!("loading CA file {}", ca.display()))?;
+    Ok(Some(opts))
+}
+
 fn secret_for(cfg: &ConfigArgs) -> anyhow::Result<Vec<u8>> {
     let config = cfg.load()?;
     let resolved = gateway::state::resolve_secret(&config.auth, &config.node.state_dir)?;
@@ -309,15 +322,7 @@ async fn client(a: ClientArgs) -> anyhow::Result<()> {
         (None, Some(uid)) => gateway::auth::mint_hs256(&secret_for(&a.config)?, uid, a.device.as_deref(), Duration::from_secs(3600))?,
         (None, None) => bail!("give --token, or --uid to mint a dev token from the configured secret"),
     };
-    let tls = if a.plaintext {
-        None
-    } else {
-        let ca = match &a.ca {
-            Some(c) => c.clone(),
-            None => a.config.load()?.node.state_dir.join(gateway::state::DEV_CERT_FILE),
-        };
-        Some(TlsOptions::from_ca_file(&ca, &a.server_name).with_context(|| format!("loading CA file {}", ca.display()))?)
-    };
+    let tls = client_tls(a.plaintext, a.ca.as_deref(), &a.server_name, &a.config)?;
     let mut c = Client::connect(a.addr, tls.as_ref()).await?;
     let info = c.login(&token).await.map_err(explain)?;
     eprintln!(
@@ -383,15 +388,7 @@ async fn load(a: LoadArgs) -> anyhow::Result<()> {
         Some(h) => Some(gateway::config::parse_duration(h).map_err(|e| anyhow::anyhow!("--heartbeat: {e}"))?),
         None => None,
     };
-    let tls = if a.plaintext {
-        None
-    } else {
-        let ca = match &a.ca {
-            Some(c) => c.clone(),
-            None => a.config.load()?.node.state_dir.join(gateway::state::DEV_CERT_FILE),
-        };
-        Some(TlsOptions::from_ca_file(&ca, &a.server_name).with_context(|| format!("loading CA file {}", ca.display()))?)
-    };
+    let tls = client_tls(a.plaintext, a.ca.as_deref(), &a.server_name, &a.config)?;
     let plan = gateway::load::LoadPlan {
         addr: a.addr,
         tls,

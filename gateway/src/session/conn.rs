@@ -32,7 +32,6 @@ use tokio_util::codec::FramedRead;
 use crate::abuse::{detector, FrameVerdict, PacketRate, SourceSlot};
 use crate::auth::Identity;
 use crate::config::TlsEngine;
-use crate::tls::lean::LeanTlsStream;
 use crate::config::DuplicateLogin;
 use crate::node::Node;
 use crate::protocol::{Code, DecodeError, Frame, FrameCodec, Message, Op};
@@ -97,13 +96,13 @@ pub async fn run(
         // whole session holds no second copy of it.
         Some(config) => match node.config.tls.engine {
             TlsEngine::Lean => {
-                let Some(framed) = Box::pin(handshake_lean(&node, config, tcp, peer, deadline)).await else {
+                let Some(framed) = Box::pin(handshake(&node, crate::tls::lean::accept(config, tcp), peer, deadline)).await else {
                     return;
                 };
                 serve(&node, &mut guard, framed, peer, deadline).await
             }
             TlsEngine::Buffered => {
-                let Some(framed) = Box::pin(handshake(&node, TlsAcceptor::from(config), tcp, peer, deadline)).await else {
+                let Some(framed) = Box::pin(handshake(&node, TlsAcceptor::from(config).accept(tcp), peer, deadline)).await else {
                     return;
                 };
                 serve(&node, &mut guard, framed, peer, deadline).await
@@ -122,43 +121,19 @@ fn framed<S: AsyncRead>(node: &Node, io: S) -> Conn<S> {
     Box::new(FramedRead::with_capacity(io, FrameCodec::new(node.config.session.max_prelogin_frame_bytes), READ_BUF_INITIAL))
 }
 
-async fn handshake(
+/// Run a TLS handshake (either engine) under the login deadline and frame the result.
+async fn handshake<S, E>(
     node: &Node,
-    acceptor: TlsAcceptor,
-    tcp: TcpStream,
+    accept: impl std::future::Future<Output = Result<S, E>>,
     peer: SocketAddr,
     deadline: Instant,
-) -> Option<Conn<tokio_rustls::server::TlsStream<TcpStream>>> {
+) -> Option<Conn<S>>
+where
+    S: AsyncRead,
+    E: std::fmt::Display,
+{
     let result = tokio::select! {
-        r = tokio::time::timeout_at(deadline, acceptor.accept(tcp)) => r,
-        _ = node.shutdown.cancelled() => return None,
-    };
-    match result {
-        Ok(Ok(stream)) => Some(framed(node, stream)),
-        Ok(Err(e)) => {
-            node.metrics.tls_handshake_failures.inc();
-            tracing::debug!(%peer, error = %e, "TLS handshake failed");
-            None
-        }
-        Err(_) => {
-            node.metrics.tls_handshake_failures.inc();
-            node.metrics.logins.inc("timeout");
-            tracing::debug!(%peer, "TLS handshake did not finish before the login deadline");
-            None
-        }
-    }
-}
-
-/// The same on the lean engine (see `tls::lean`): no TLS buffers while idle.
-async fn handshake_lean(
-    node: &Node,
-    config: Arc<ServerConfig>,
-    tcp: TcpStream,
-    peer: SocketAddr,
-    deadline: Instant,
-) -> Option<Conn<LeanTlsStream>> {
-    let result = tokio::select! {
-        r = tokio::time::timeout_at(deadline, crate::tls::lean::accept(config, tcp)) => r,
+        r = tokio::time::timeout_at(deadline, accept) => r,
         _ = node.shutdown.cancelled() => return None,
     };
     match result {
