@@ -43,13 +43,15 @@ impl Drop for Guard {
     }
 }
 
-fn write_config(dir: &Path) -> Result<PathBuf> {
+fn write_config(dir: &Path, engine: &str) -> Result<PathBuf> {
     let state = dir.join("state");
     let cfg = format!(
         r#"# Written by `cargo xtask bench gateway`.
 [node]
 id = "bench"
 state_dir = "{state}"
+[tls]
+engine = "{engine}"
 [listen]
 addr = "{TLS_ADDR}"
 plaintext_addr = "{PLAIN_ADDR}"
@@ -71,7 +73,7 @@ level = "warn"
 "#,
         state = state.display()
     );
-    let path = dir.join("gateway.toml");
+    let path = dir.join(format!("gateway-{engine}.toml"));
     std::fs::write(&path, cfg).with_context(|| format!("writing {}", path.display()))?;
     Ok(path)
 }
@@ -137,9 +139,13 @@ pub struct Report {
 
 pub fn run(gateway: &Path, work: &Path, plan: &Plan) -> Result<Report> {
     std::fs::create_dir_all(work)?;
-    let config = write_config(work)?;
     let mut report = Report { memory: Vec::new(), push: Vec::new() };
-    for (transport, addr) in [("TLS 1.3", TLS_ADDR), ("plaintext", PLAIN_ADDR)] {
+    for (transport, addr, engine) in [
+        ("TLS 1.3, lean engine (default)", TLS_ADDR, "lean"),
+        ("TLS 1.3, tokio-rustls engine", TLS_ADDR, "buffered"),
+        ("plaintext (internal listener)", PLAIN_ADDR, "lean"),
+    ] {
+        let config = write_config(work, engine)?;
         let server = Command::new(gateway)
             .args(["serve", "--config"])
             .arg(&config)
@@ -189,7 +195,7 @@ pub fn run(gateway: &Path, work: &Path, plan: &Plan) -> Result<Report> {
             bytes_per_session: (rss1.saturating_sub(rss0) * 1024) as f64 / sessions as f64,
             logins_per_sec: logged_in as f64 / slowest.max(1e-9),
         });
-        if transport == "TLS 1.3" {
+        if transport.starts_with("TLS 1.3, lean") {
             let uids = (plan.procs * plan.per_proc).to_string();
             for (label, per_push, wait_ack) in
                 [("1 uid per push", 1usize, false), ("1 uid per push, wait_ack", 1, true), ("100 uids per push", 100, false)]
@@ -229,7 +235,7 @@ pub fn markdown(r: &Report) -> String {
     for m in &r.memory {
         s.push_str(&format!("| {} | {} | {:.0} | {:.0} |\n", m.transport, m.sessions, m.bytes_per_session, m.logins_per_sec));
     }
-    s.push_str("\n| push API load (TLS sessions) | requests | all delivered | requests/s | deliveries/s | p50 ms | p99 ms |\n|---|---:|---:|---:|---:|---:|---:|\n");
+    s.push_str("\n| push API load (TLS sessions, lean engine) | requests | all delivered | requests/s | deliveries/s | p50 ms | p99 ms |\n|---|---:|---:|---:|---:|---:|---:|\n");
     for p in &r.push {
         s.push_str(&format!(
             "| {} | {} | {} | {:.0} | {:.0} | {:.2} | {:.2} |\n",
