@@ -188,4 +188,79 @@ mod tests {
             assert_eq!(v.verify(&t).unwrap_err().code(), Code::BadIdentity, "uid {uid:?}");
         }
     }
+
+    fn claims(uid: &str) -> Claims {
+        let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs();
+        Claims { uid: uid.into(), dev: Some("phone".into()), exp: now + 60, iat: Some(now) }
+    }
+
+    fn key_dir(tag: &str) -> std::path::PathBuf {
+        let d = std::env::temp_dir().join(format!("gw-auth-{tag}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&d);
+        std::fs::create_dir_all(&d).unwrap();
+        d
+    }
+
+    #[test]
+    fn es256_tokens_verify_with_the_public_key_only() {
+        let kp = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+        let dir = key_dir("es256");
+        let public = dir.join("pub.pem");
+        std::fs::write(&public, kp.public_key_pem()).unwrap();
+        let mut cfg = Config::defaults().auth;
+        cfg.algorithm = JwtAlgorithm::Es256;
+        cfg.public_key_file = Some(public);
+        let v = Verifier::new(&cfg, None, 128).unwrap();
+        let key = EncodingKey::from_ec_pem(kp.serialize_pem().as_bytes()).unwrap();
+        let t = encode(&Header::new(Algorithm::ES256), &claims("erin"), &key).unwrap();
+        assert_eq!(v.verify(&t).unwrap(), Identity { uid: "erin".into(), device: "phone".into() });
+        // An HS256 token must not pass an ES256 verifier (algorithm confusion).
+        let hs = mint_hs256(b"0123456789abcdef0123", "erin", None, Duration::from_secs(60)).unwrap();
+        assert_eq!(v.verify(&hs).unwrap_err().code(), Code::TokenInvalid);
+        // A token signed by another key is refused.
+        let other = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+        let forged = encode(&Header::new(Algorithm::ES256), &claims("erin"), &EncodingKey::from_ec_pem(other.serialize_pem().as_bytes()).unwrap()).unwrap();
+        assert_eq!(v.verify(&forged).unwrap_err().code(), Code::TokenInvalid);
+    }
+
+    #[test]
+    fn rs256_tokens_verify_with_the_public_key_only() {
+        // rcgen cannot make RSA keys with ring; Debian's openssl (always present here) can.
+        let dir = key_dir("rs256");
+        let private = dir.join("key.pem");
+        let public = dir.join("pub.pem");
+        let ok = std::process::Command::new("openssl")
+            .args(["genpkey", "-algorithm", "RSA", "-pkeyopt", "rsa_keygen_bits:2048", "-out"])
+            .arg(&private)
+            .status()
+            .expect("openssl must be installed to test RS256")
+            .success();
+        assert!(ok, "openssl genpkey failed");
+        let ok = std::process::Command::new("openssl").args(["pkey", "-pubout", "-in"]).arg(&private).arg("-out").arg(&public).status().unwrap().success();
+        assert!(ok, "openssl pkey -pubout failed");
+        let mut cfg = Config::defaults().auth;
+        cfg.algorithm = JwtAlgorithm::Rs256;
+        cfg.public_key_file = Some(public);
+        let v = Verifier::new(&cfg, None, 128).unwrap();
+        let key = EncodingKey::from_rsa_pem(&std::fs::read(&private).unwrap()).unwrap();
+        let t = encode(&Header::new(Algorithm::RS256), &claims("rita"), &key).unwrap();
+        assert_eq!(v.verify(&t).unwrap().uid, "rita");
+        let mut expired = claims("rita");
+        expired.exp = 1000;
+        let t = encode(&Header::new(Algorithm::RS256), &expired, &key).unwrap();
+        assert_eq!(v.verify(&t).unwrap_err().code(), Code::TokenExpired);
+    }
+
+    #[test]
+    fn a_public_key_that_is_not_pem_is_a_clear_error() {
+        let dir = key_dir("badpem");
+        let public = dir.join("pub.pem");
+        std::fs::write(&public, "not a key").unwrap();
+        let mut cfg = Config::defaults().auth;
+        cfg.algorithm = JwtAlgorithm::Es256;
+        cfg.public_key_file = Some(public);
+        let err = Verifier::new(&cfg, None, 128).err().expect("must fail").to_string();
+        assert!(err.contains("pub.pem") && err.contains("EC public"), "{err}");
+    }
+
 }
