@@ -20,7 +20,17 @@ pub fn build(root: &Path) -> Result<PathBuf> {
         .arg(&target_dir)
         .env("CARGO_TARGET_BPFEL_UNKNOWN_NONE_LINKER", &linker);
     cmd::run("building the XDP object (cargo +nightly, bpfel-unknown-none)", &mut c)?;
-    let object = target_dir.join("bpfel-unknown-none").join("release").join("gateway-xdp");
+    let object = objects_dir(root).join("gateway-xdp");
     std::fs::metadata(&object).with_context(|| format!("the eBPF build succeeded but {} is missing", object.display()))?;
     Ok(object)
+}
+
+fn objects_dir(root: &Path) -> PathBuf {
+    root.join("target").join("ebpf").join("bpfel-unknown-none").join("release")
+}
+
+/// The live-frames generator of `cargo xtask bench xdp`, built by [`build`]
+/// from the same crate (a second `[[bin]]`).
+pub fn bench_gen_object(root: &Path) -> PathBuf {
+    objects_dir(root).join("bench-gen")
 }

@@ -47,7 +47,8 @@ enum Command {
     },
     /// Benchmarks (release build); see docs/BENCHMARKS.md for the method.
     Bench {
-        /// Which suite: `gateway` (memory per session, login rate, push).
+        /// Which suite: `gateway` (memory per session, login rate, push) or
+        /// `xdp` (drop rate of our XDP program vs xdp-filter, iptables, nft).
         #[arg(default_value = "gateway")]
         suite: String,
         /// Smaller, faster run (a smoke test of the bench itself).
@@ -119,10 +120,17 @@ fn main() -> Result<()> {
         Command::Bench { suite, quick } => {
             let root = root();
             prereqs::ensure(&root)?;
-            let a = build(true)?;
             match suite.as_str() {
-                "gateway" => bench::gateway(&root, &a.gateway, quick),
-                other => anyhow::bail!("unknown bench suite {other:?}; known: gateway"),
+                "gateway" => {
+                    let a = build(true)?;
+                    bench::gateway(&root, &a.gateway, quick)
+                }
+                // Needs only the eBPF objects (always built in release), not the gateway.
+                "xdp" => {
+                    let object = ebpf::build(&root).context("building the XDP program (gateway-ebpf)")?;
+                    bench::xdp(&root, &object, &ebpf::bench_gen_object(&root), quick)
+                }
+                other => anyhow::bail!("unknown bench suite {other:?}; known: gateway, xdp"),
             }
         }
         Command::Test { release, args } => {

@@ -21,6 +21,11 @@ use crate::cmd::{self, output, step};
 /// pairs; etcd-server for the cluster tests.
 pub const APT_PACKAGES: &[&str] = &["iproute2", "etcd-server"];
 
+/// Packages only `cargo xtask bench xdp` needs (installed by it, not by
+/// `test`): the filters it compares against, and ethtool for the veth's
+/// GRO switch and XDP drop counters.
+pub const BENCH_APT_PACKAGES: &[&str] = &["xdp-tools", "iptables", "ipset", "nftables", "bpftool", "ethtool"];
+
 pub const BPF_LINKER_VERSION: &str = "0.13.0";
 
 pub fn ensure(root: &Path) -> Result<()> {
