@@ -178,8 +178,12 @@ async fn unknown_op_and_bad_version_are_errors_then_close() {
 
     // A server-to-client op from a client is a protocol violation.
     let (mut c, _) = gw.login("bob", None).await;
-    c.send(Message::Kick { code: 1, message: "hi".into() }).await.unwrap();
-    expect_error_then_close(&mut c, Code::UnexpectedOp).await;
+    let seq = c.send(Message::Kick { code: 1, message: "hi".into() }).await.unwrap();
+    match c.recv_timeout(T).await {
+        Ok((s, Message::Error { code, .. })) => assert_eq!((s, code), (seq, Code::UnexpectedOp as u16), "ERROR echoes the seq"),
+        other => panic!("expected ERROR unexpected_op, got {other:?}"),
+    }
+    expect_closed(&mut c).await;
     // Other sessions are unaffected.
     let (mut ok, _) = gw.login("carol", None).await;
     ok.heartbeat().await.unwrap();

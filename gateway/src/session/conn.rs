@@ -424,7 +424,7 @@ fn on_frame(node: &Arc<Node>, handle: &Arc<SessionHandle>, frame: Frame) -> Resu
         Ok(m) => m,
         Err(e) => {
             node.metrics.frames_rejected.inc(Code::Malformed.name());
-            return Err(CloseReason::Error(Code::Malformed, e.to_string()));
+            return Err(CloseReason::Reject(Code::Malformed, e.to_string(), frame.seq));
         }
     };
     match msg {
@@ -440,11 +440,11 @@ fn on_frame(node: &Arc<Node>, handle: &Arc<SessionHandle>, frame: Frame) -> Resu
         Message::Close { .. } => return Err(CloseReason::Close(Code::Normal, "bye".into())),
         Message::Login { .. } => {
             node.metrics.frames_rejected.inc(Code::AlreadyLoggedIn.name());
-            return Err(CloseReason::Error(Code::AlreadyLoggedIn, "LOGIN on a logged-in connection".into()));
+            return Err(CloseReason::Reject(Code::AlreadyLoggedIn, "LOGIN on a logged-in connection".into(), frame.seq));
         }
         other => {
             node.metrics.frames_rejected.inc(Code::UnexpectedOp.name());
-            return Err(CloseReason::Error(Code::UnexpectedOp, format!("{} is a server-to-client op", other.op().name())));
+            return Err(CloseReason::Reject(Code::UnexpectedOp, format!("{} is a server-to-client op", other.op().name()), frame.seq));
         }
     }
     Ok(())
@@ -459,12 +459,13 @@ async fn write_all<S: AsyncWrite + Unpin>(io: &mut S, items: &VecDeque<Outgoing>
 
 /// Write the frame that explains the close, then shut the stream down.
 async fn finish<S: AsyncWrite + Unpin>(io: &mut S, _handle: &SessionHandle, reason: &CloseReason) {
-    let msg = match reason {
-        CloseReason::Kick(c, m) => Message::Kick { code: *c as u16, message: m.clone() },
-        CloseReason::Close(c, m) => Message::Close { code: *c as u16, message: m.clone() },
-        CloseReason::Error(c, m) => Message::error(*c, m.clone()),
+    let (msg, seq) = match reason {
+        CloseReason::Kick(c, m) => (Message::Kick { code: *c as u16, message: m.clone() }, 0),
+        CloseReason::Close(c, m) => (Message::Close { code: *c as u16, message: m.clone() }, 0),
+        CloseReason::Error(c, m) => (Message::error(*c, m.clone()), 0),
+        CloseReason::Reject(c, m, seq) => (Message::error(*c, m.clone()), *seq),
     };
-    send_final(io, msg, 0).await;
+    send_final(io, msg, seq).await;
 }
 
 /// Best effort, bounded: the peer may be gone or not reading.

@@ -24,12 +24,14 @@ pub enum CloseReason {
     /// Send ERROR(code, message) without flushing the queue (the peer is not
     /// reading or misbehaving), then close.
     Error(Code, String),
+    /// As `Error`, answering the offending frame: the ERROR echoes its seq.
+    Reject(Code, String, u32),
 }
 
 impl CloseReason {
     pub fn code(&self) -> Code {
         match self {
-            CloseReason::Kick(c, _) | CloseReason::Close(c, _) | CloseReason::Error(c, _) => *c,
+            CloseReason::Kick(c, _) | CloseReason::Close(c, _) | CloseReason::Error(c, _) | CloseReason::Reject(c, _, _) => *c,
         }
     }
 }
@@ -97,7 +99,7 @@ impl Outbox {
         if s.closing.is_some() {
             return false;
         }
-        let abort = matches!(reason, CloseReason::Error(..));
+        let abort = matches!(reason, CloseReason::Error(..) | CloseReason::Reject(..));
         if abort {
             s.queue = VecDeque::new();
             s.bytes = 0;
