@@ -12,8 +12,8 @@
 //!   returns `XDP_TX`, so the kernel transmits each copy of the template
 //!   frame out of the veth. Bounded by a deadline and a per-call count.
 //! - [`Variant`]: installs one filter in `rx`, and reads how many packets it
-//!   has dropped so far (XDP: the veth's `xdp_drops`; netfilter: the rule
-//!   counters; no filter: the veth's received packets).
+//!   has dropped so far (XDP: the veth's `xdp_drops`; iptables: the rule
+//!   counters; nft and no filter: the veth's received packets).
 //! - [`Lists`]: the block lists, random and reproducible (fixed seed): the
 //!   filler entries never cover the generator's source, one extra exact entry
 //!   does, so every generated packet is dropped by the last entry a linear
@@ -189,7 +189,6 @@ pub struct Lab {
     host_ns: File,
     xdp_filter_loaded: bool,
     pub cpus: usize,
-    pub topology: Topology,
 }
 
 /// Where the generator and the receiver run.
@@ -207,16 +206,18 @@ pub enum Topology {
 }
 
 impl Topology {
-    /// The default is [`Topology::Shared`]: on our 2-vCPU VMs it gives the
-    /// highest and steadiest rates (split pays for bouncing every frame's
-    /// cache lines between the cores, and the single generator core is
-    /// itself slower than XDP_DROP); `XDP_BENCH_TOPOLOGY=split` selects the
-    /// other (ignored on a single CPU).
-    pub fn from_env(cpus: usize) -> Topology {
-        if cpus >= 2 && std::env::var("XDP_BENCH_TOPOLOGY").is_ok_and(|v| v == "split") {
-            Topology::Split
+    /// Both are measured for every installed filter (split needs 2 CPUs).
+    pub fn all(cpus: usize) -> &'static [Topology] {
+        if cpus >= 2 {
+            &[Topology::Shared, Topology::Split]
         } else {
-            Topology::Shared
+            &[Topology::Shared]
+        }
+    }
+    pub fn name(self) -> &'static str {
+        match self {
+            Topology::Shared => "shared",
+            Topology::Split => "split",
         }
     }
     pub fn generator_threads(self, cpus: usize) -> usize {
@@ -238,15 +239,16 @@ impl Lab {
         let tag = std::process::id();
         let host_ns = File::open("/proc/thread-self/ns/net").context("opening our own network namespace")?;
         let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
-        let topology = Topology::from_env(cpus);
-        let lab = Lab { gen: format!("xbench-gen-{tag}"), rx: format!("xbench-rx-{tag}"), host_ns, xdp_filter_loaded: false, cpus, topology };
+        let lab = Lab { gen: format!("xbench-gen-{tag}"), rx: format!("xbench-rx-{tag}"), host_ns, xdp_filter_loaded: false, cpus };
         run_quiet("creating the generator netns", Command::new("ip").args(["netns", "add", &lab.gen]))?;
         if let Err(e) = run_quiet("creating the receiver netns", Command::new("ip").args(["netns", "add", &lab.rx])) {
             let _ = Command::new("ip").args(["netns", "del", &lab.gen]).status();
             return Err(e);
         }
         // From here on Drop cleans up.
-        let q = topology.generator_threads(cpus).to_string();
+        // One queue per CPU for the shared topology; split uses queue 0 only
+        // (its generator runs on CPU 0, and veth picks the queue by CPU).
+        let q = cpus.to_string();
         let mac = |m: [u8; 6]| m.iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(":");
         let (gen_mac, rx_mac) = (mac(GEN_MAC), mac(RX_MAC));
         #[rustfmt::skip]
@@ -270,13 +272,6 @@ impl Lab {
         // GRO for the netfilter variants (same path for both; GRO has
         // nothing to merge in single-frame UDP).
         run_quiet("enabling GRO on the receiver veth", Command::new("ethtool").args(["-K", RX_IF, "gro", "on"]))?;
-        if topology == Topology::Split {
-            // sysfs shows the namespace it was mounted in: `ip netns exec` remounts it.
-            run_quiet(
-                "switching the receiver veth to threaded NAPI",
-                Command::new("ip").args(["netns", "exec", &lab.rx, "sh", "-c", &format!("echo 1 > /sys/class/net/{RX_IF}/threaded")]),
-            )?;
-        }
         Ok(lab)
     }
 
@@ -288,11 +283,18 @@ impl Lab {
         self.ns_path(&self.gen)
     }
 
-    /// Split topology: pins the receiver's NAPI thread(s) (`napi/xbrx-<id>`)
-    /// to the last CPU. Done before every measurement, as attaching or
-    /// detaching XDP may re-create them.
-    fn pin_receiver(&self) -> Result<()> {
-        if self.topology != Topology::Split {
+    /// Sets up the receiver for `t`: threaded NAPI on and its threads
+    /// (`napi/xbrx-<id>`) pinned to the last CPU for split, off for shared.
+    /// Done before every measurement, as attaching or detaching XDP may
+    /// re-create the NAPI contexts.
+    fn set_topology(&self, t: Topology) -> Result<()> {
+        let on = u8::from(t == Topology::Split);
+        // sysfs shows the namespace it was mounted in: `ip netns exec` remounts it.
+        run_quiet(
+            "switching threaded NAPI on the receiver veth",
+            Command::new("ip").args(["netns", "exec", &self.rx, "sh", "-c", &format!("echo {on} > /sys/class/net/{RX_IF}/threaded")]),
+        )?;
+        if t != Topology::Split {
             return Ok(());
         }
         let prefix = format!("napi/{RX_IF}-");
@@ -577,7 +579,7 @@ fn install(lab: &mut Lab, v: Variant, lists: &Lists, gateway_object: &Path) -> R
         Variant::Nft => {
             let mut s = String::from(
                 "table ip xbench {\n set ban { type ipv4_addr; }\n set bannet { type ipv4_addr; flags interval; }\n \
-                 chain pre { type filter hook prerouting priority raw; policy accept;\n  ip saddr @ban counter drop\n  ip saddr @bannet counter drop\n }\n}\n",
+                 chain pre { type filter hook prerouting priority raw; policy accept;\n  ip saddr @ban drop\n  ip saddr @bannet drop\n }\n}\n",
             );
             // Elements in chunks: one huge statement makes nft slow and hungry.
             for chunk in lists.exact.chunks(50_000) {
@@ -672,15 +674,23 @@ fn fill_xdp_filter(lists: &Lists) -> Result<()> {
     Ok(())
 }
 
+/// Frames the receiving veth has taken in (`/proc/net/dev` of this thread's
+/// namespace).
+fn rx_packets() -> Result<u64> {
+    let s = std::fs::read_to_string("/proc/thread-self/net/dev").context("reading /proc/thread-self/net/dev")?;
+    let line = s.lines().find(|l| l.trim_start().starts_with(&format!("{RX_IF}:"))).context("receiver veth not in /proc/net/dev")?;
+    let fields: Vec<&str> = line.split(':').nth(1).unwrap_or("").split_whitespace().collect();
+    fields.get(1).and_then(|p| p.parse().ok()).context("parsing rx packets in /proc/net/dev")
+}
+
 /// Packets dropped (or, with no filter, received) so far.
 fn dropped(v: Variant) -> Result<u64> {
     match v {
-        Variant::NoFilter => {
-            let s = std::fs::read_to_string("/proc/self/net/dev").context("reading /proc/self/net/dev")?;
-            let line = s.lines().find(|l| l.trim_start().starts_with(&format!("{RX_IF}:"))).context("receiver veth not in /proc/net/dev")?;
-            let fields: Vec<&str> = line.split(':').nth(1).unwrap_or("").split_whitespace().collect();
-            fields.get(1).and_then(|p| p.parse().ok()).context("parsing rx packets in /proc/net/dev")
-        }
+        // nft: every generated frame matches the drop rule, so what the veth
+        // received is what nft dropped. Its own counters cannot be sampled
+        // around a window: `nft list` fetches the whole table, tens of
+        // seconds with a million set elements.
+        Variant::NoFilter | Variant::Nft => rx_packets(),
         Variant::Gateway | Variant::XdpFilter => {
             let s = run_quiet("reading veth statistics", Command::new("ethtool").args(["-S", RX_IF]))?;
             Ok(s.lines()
@@ -697,18 +707,13 @@ fn dropped(v: Variant) -> Result<u64> {
                 .filter_map(|l| l[1..].split(':').next()?.parse::<u64>().ok())
                 .sum())
         }
-        Variant::Nft => {
-            let s = run_quiet("reading nft counters", Command::new("nft").args(["list", "chain", "ip", "xbench", "pre"]))?;
-            Ok(s.lines()
-                .filter_map(|l| l.split("counter packets ").nth(1)?.split_whitespace().next()?.parse::<u64>().ok())
-                .sum())
-        }
     }
 }
 
 // ---- the run -----------------------------------------------------------------
 
 pub struct Row {
+    pub topology: Topology,
     pub variant: Variant,
     pub entries: String,
     pub note: Option<String>,
@@ -726,7 +731,6 @@ pub struct Row {
 pub struct Report {
     pub rows: Vec<Row>,
     pub cpus: usize,
-    pub topology: Topology,
     pub window: Duration,
     pub windows: usize,
 }
@@ -734,6 +738,7 @@ pub struct Report {
 pub fn run(plan: &Plan, gateway_object: &Path, gen_object: &Path) -> Result<Report> {
     let sets = [Lists::new(10, 0), Lists::new(plan.full_exact, plan.full_cidr)];
     let mut lab = Lab::new()?;
+    let topologies = Topology::all(lab.cpus);
     let mut rows: Vec<Row> = Vec::new();
     for lists in &sets {
         let first = rows.len();
@@ -746,37 +751,52 @@ pub fn run(plan: &Plan, gateway_object: &Path, gen_object: &Path) -> Result<Repo
             let installed = install(&mut lab, v, lists, gateway_object).with_context(|| format!("installing {}", v.name()))?;
             let load_secs = t.elapsed().as_secs_f64();
             step(&format!("  loaded in {load_secs:.1} s"));
-            let measured = measure(plan, &lab, v, gen_object);
+            // Every topology on the same installed filter, so a big list is
+            // loaded once.
+            let mut measured = Vec::new();
+            for &topo in topologies {
+                match measure(plan, &lab, topo, v, gen_object) {
+                    Ok(samples) => measured.push((topo, samples)),
+                    Err(e) => {
+                        let _ = uninstall(&mut lab, installed);
+                        return Err(e.context(format!("measuring {} ({})", v.name(), topo.name())));
+                    }
+                }
+            }
             uninstall(&mut lab, installed).with_context(|| format!("removing {}", v.name()))?;
-            let samples = measured?;
-            let mut drops: Vec<f64> = samples.iter().map(|s| s.0).collect();
-            drops.sort_by(f64::total_cmp);
-            let mut offered: Vec<f64> = samples.iter().map(|s| s.1).collect();
-            offered.sort_by(f64::total_cmp);
-            let (mpps, offered_mpps) = (drops[drops.len() / 2], offered[offered.len() / 2]);
-            let range = (drops[0], drops[drops.len() - 1]);
-            step(&format!("  {mpps:.2} Mpps dropped (windows {drops:.2?}; {offered_mpps:.2} Mpps offered)"));
-            rows.push(Row { variant: v, entries: lists.label(), note: shortfall(v, lists), mpps, range, offered_mpps, load_secs, baseline: None });
+            for (topology, samples) in measured {
+                let mut drops: Vec<f64> = samples.iter().map(|s| s.0).collect();
+                drops.sort_by(f64::total_cmp);
+                let mut offered: Vec<f64> = samples.iter().map(|s| s.1).collect();
+                offered.sort_by(f64::total_cmp);
+                let (mpps, offered_mpps) = (drops[drops.len() / 2], offered[offered.len() / 2]);
+                let range = (drops[0], drops[drops.len() - 1]);
+                step(&format!("  {}: {mpps:.2} Mpps dropped (windows {drops:.2?}; {offered_mpps:.2} Mpps offered)", topology.name()));
+                rows.push(Row { topology, variant: v, entries: lists.label(), note: shortfall(v, lists), mpps, range, offered_mpps, load_secs, baseline: None });
+            }
         }
-        let base = rows[first..]
-            .iter()
-            .position(|r| r.variant == Variant::IptablesRaw)
-            .or_else(|| rows[first..].iter().position(|r| r.variant == Variant::IptablesIpset))
-            .map(|i| first + i);
-        for r in &mut rows[first..] {
-            r.baseline = base;
+        for &topo in topologies {
+            let group: Vec<usize> = (first..rows.len()).filter(|&i| rows[i].topology == topo).collect();
+            let base = group
+                .iter()
+                .copied()
+                .find(|&i| rows[i].variant == Variant::IptablesRaw)
+                .or_else(|| group.iter().copied().find(|&i| rows[i].variant == Variant::IptablesIpset));
+            for i in group {
+                rows[i].baseline = base;
+            }
         }
     }
-    Ok(Report { rows, cpus: lab.cpus, topology: lab.topology, window: plan.window, windows: plan.windows })
+    Ok(Report { rows, cpus: lab.cpus, window: plan.window, windows: plan.windows })
 }
 
 /// Runs the generator for warmup + `windows` windows and returns, per
 /// window, (dropped, offered) in Mpps.
-fn measure(plan: &Plan, lab: &Lab, v: Variant, gen_object: &Path) -> Result<Vec<(f64, f64)>> {
+fn measure(plan: &Plan, lab: &Lab, t: Topology, v: Variant, gen_object: &Path) -> Result<Vec<(f64, f64)>> {
     let total = plan.warmup + plan.window * plan.windows as u32;
     let deadline = Instant::now() + total + Duration::from_secs(5);
-    lab.pin_receiver()?;
-    let mut g = Generator::start(gen_object, &lab.gen_ns(), lab.topology.generator_threads(lab.cpus), deadline)?;
+    lab.set_topology(t)?;
+    let mut g = Generator::start(gen_object, &lab.gen_ns(), t.generator_threads(lab.cpus), deadline)?;
     std::thread::sleep(plan.warmup);
     let mut samples = Vec::with_capacity(plan.windows);
     let (mut d0, mut s0, mut t0) = (dropped(v)?, g.sent(), Instant::now());
@@ -793,34 +813,37 @@ fn measure(plan: &Plan, lab: &Lab, v: Variant, gen_object: &Path) -> Result<Vec<
 
 pub fn markdown(r: &Report) -> String {
     let mut s = String::new();
-    let _ = writeln!(s, "| variant | entries loaded | Mpps dropped (median) | min–max | vs iptables raw | offered Mpps | load s |");
-    let _ = writeln!(s, "|---|---|---:|---:|---:|---:|---:|");
-    for row in &r.rows {
-        let rel = match row.baseline {
-            Some(b) if r.rows[b].mpps > 0.0 => format!("{:.2}×", row.mpps / r.rows[b].mpps),
-            _ => "–".to_string(),
-        };
-        let entries = match &row.note {
-            Some(n) => format!("{} ({n})", row.entries),
-            None => row.entries.clone(),
-        };
-        let _ = writeln!(
-            s,
-            "| {} | {} | {:.2} | {:.2}–{:.2} | {} | {:.2} | {:.1} |",
-            row.variant.name(),
-            entries,
-            row.mpps,
-            row.range.0,
-            row.range.1,
-            rel,
-            row.offered_mpps,
-            row.load_secs
-        );
+    for &topo in Topology::all(r.cpus) {
+        let _ = writeln!(s, "**{}** ({}):\n", topo.name(), topo.describe(r.cpus));
+        let _ = writeln!(s, "| variant | entries loaded | Mpps dropped (median) | min–max | vs iptables raw | offered Mpps | load s |");
+        let _ = writeln!(s, "|---|---|---:|---:|---:|---:|---:|");
+        for row in r.rows.iter().filter(|row| row.topology == topo) {
+            let rel = match row.baseline {
+                Some(b) if r.rows[b].mpps > 0.0 => format!("{:.2}×", row.mpps / r.rows[b].mpps),
+                _ => "–".to_string(),
+            };
+            let entries = match &row.note {
+                Some(n) => format!("{} ({n})", row.entries),
+                None => row.entries.clone(),
+            };
+            let _ = writeln!(
+                s,
+                "| {} | {} | {:.2} | {:.2}–{:.2} | {} | {:.2} | {:.1} |",
+                row.variant.name(),
+                entries,
+                row.mpps,
+                row.range.0,
+                row.range.1,
+                rel,
+                row.offered_mpps,
+                row.load_secs
+            );
+        }
+        s.push('\n');
     }
     let _ = writeln!(
         s,
-        "\n{}; median of {} windows of {:.0} s per row; \"vs iptables raw\" is against plain rules with the small list and iptables + ipset with the large one.",
-        r.topology.describe(r.cpus),
+        "Median of {} windows of {:.0} s per row. \"vs iptables raw\" is against plain rules with the small list and iptables + ipset with the large one, in the same topology. \"no filter\" counts frames the receiving veth handed to the stack (which drops them: UDP to a closed port).",
         r.windows,
         r.window.as_secs_f64()
     );
