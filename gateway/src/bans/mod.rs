@@ -357,6 +357,13 @@ pub fn auto_ban(node: &Node, source: crate::defense::IpNet, detector: &str, reas
     let cfg = &node.config.abuse;
     let now = SystemTime::now();
     let by = format!("detector:{detector}");
+    if model::covers_host_loopback(&source) {
+        // The host's own loopback: banning it in XDP would cut off every
+        // local service, the admin API that could lift the ban included.
+        // Count and refuse the connection, never ban.
+        tracing::warn!(%source, %by, "not auto-banning this host's loopback address (add it to abuse.allowlist to silence)");
+        return;
+    }
     let ban = Ban { target: Target::Net(source), reason, by: by.clone(), created: now, until: Some(now + cfg.auto_ban_ttl), mode: cfg.auto_ban_mode };
     let (target, reason) = (ban.target.to_string(), ban.reason.clone());
     // Never replace an existing ban: a staff ban (permanent, or in monitor

@@ -28,6 +28,17 @@ pub enum TargetError {
     Uid(String),
     #[error("{0} covers every address; set \"force\": true (CLI: --force) if you really mean it")]
     Everything(IpNet),
+    #[error("{0} covers this host's loopback address: local tools and the gateway's own push and admin APIs on 127.0.0.1/::1 would be cut off; set \"force\": true (CLI: --force) if you really mean it")]
+    Loopback(IpNet),
+}
+
+/// Whether `net` covers 127.0.0.1 or ::1, the addresses this host's own
+/// services and tools talk to each other from. Banning them in XDP would
+/// blackhole the host's loopback traffic, the admin API included.
+pub fn covers_host_loopback(net: &IpNet) -> bool {
+    [std::net::IpAddr::from([127, 0, 0, 1]), std::net::IpAddr::from(std::net::Ipv6Addr::LOCALHOST)]
+        .iter()
+        .any(|ip| net.contains(*ip))
 }
 
 /// The longest uid a ban can name (uids travel length-prefixed in one byte).
@@ -46,6 +57,9 @@ impl Target {
         let net: IpNet = s.parse()?;
         if net.prefix() == 0 && !force {
             return Err(TargetError::Everything(net));
+        }
+        if covers_host_loopback(&net) && !force {
+            return Err(TargetError::Loopback(net));
         }
         Ok(Target::Net(net))
     }
@@ -266,6 +280,18 @@ impl BanSet {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn loopback_needs_force() {
+        for t in ["127.0.0.1", "127.0.0.0/8", "0.0.0.0/1", "::1", "::/64", "::ffff:127.0.0.1"] {
+            assert!(matches!(Target::parse(t, false), Err(TargetError::Loopback(_))), "{t} must need force");
+            assert!(Target::parse(t, true).is_ok(), "{t} with force");
+        }
+        for t in ["127.0.0.2", "10.0.0.0/8", "2001:db8::/32"] {
+            assert!(Target::parse(t, false).is_ok(), "{t} does not cover the host's loopback");
+        }
+    }
+
     use super::*;
 
     fn ban(target: &str, until: Option<SystemTime>) -> Ban {
