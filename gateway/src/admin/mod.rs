@@ -74,6 +74,7 @@ pub async fn serve(node: Arc<Node>, listener: TcpListener) {
         tracing::warn!("admin API has no tokens: anyone on this host can ban and kick (set admin.tokens or GATEWAY_ADMIN_TOKENS)");
     }
     let shutdown = node.shutdown.clone();
+    let listener = crate::api::listener::BoundedListener::new(listener, crate::api::MAX_API_CONNECTIONS, std::time::Duration::from_secs(60));
     let app = router(node);
     if let Err(e) = axum::serve(listener, app).with_graceful_shutdown(async move { shutdown.cancelled().await }).await {
         tracing::error!(error = %e, "admin API server failed");

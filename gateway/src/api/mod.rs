@@ -19,6 +19,8 @@ use serde::{Deserialize, Serialize};
 use tokio::net::TcpListener;
 
 use crate::defense::Enforcement;
+
+pub mod listener;
 use crate::node::Node;
 use crate::push::{self, PushOptions, UidOutcome};
 
@@ -38,8 +40,14 @@ pub fn router(node: Arc<Node>) -> Router {
         .with_state(node)
 }
 
+/// Connections the internal HTTP APIs hold at once (each API its own pool).
+pub const MAX_API_CONNECTIONS: usize = 1024;
+
 pub async fn serve(node: Arc<Node>, listener: TcpListener) {
     let shutdown = node.shutdown.clone();
+    // Long enough for a request that waits the longest PUSH_ACK timeout.
+    let idle = node.config.push_api.max_ack_timeout + Duration::from_secs(30);
+    let listener = listener::BoundedListener::new(listener, MAX_API_CONNECTIONS, idle);
     let app = router(node);
     if let Err(e) = axum::serve(listener, app).with_graceful_shutdown(async move { shutdown.cancelled().await }).await {
         tracing::error!(error = %e, "push API server failed");
