@@ -147,6 +147,9 @@ struct ConfigArgs {
     /// State directory (node.state_dir): dev certificate and dev secret.
     #[arg(long, env = "GATEWAY_STATE_DIR")]
     state_dir: Option<PathBuf>,
+    /// Admin API listen address (admin.listen).
+    #[arg(long, env = "GATEWAY_ADMIN_LISTEN")]
+    admin_listen: Option<String>,
     /// Admin API tokens as comma-separated `name:token` pairs (admin.tokens).
     #[arg(long, env = "GATEWAY_ADMIN_TOKENS", value_delimiter = ',', hide_env_values = true)]
     admin_tokens: Option<Vec<String>>,
@@ -161,6 +164,7 @@ impl ConfigArgs {
             push_listen: self.push_listen.clone(),
             state_dir: self.state_dir.clone(),
             admin_tokens: self.admin_tokens.clone(),
+            admin_listen: self.admin_listen.clone(),
         };
         Ok(Config::load(self.config.as_deref(), &o)?)
     }
@@ -216,7 +220,9 @@ struct ClientArgs {
 fn init_logging(level: &str, json: bool) {
     let filter = tracing_subscriber::EnvFilter::try_from_env("GATEWAY_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level));
-    let b = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    // Colours only on a terminal: log files and journald get plain text.
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let b = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_ansi(ansi);
     if json {
         b.json().init();
     } else {
@@ -246,13 +252,32 @@ fn main() -> ExitCode {
             Command::Ban(a) => ban(a).await,
         }
     });
+    // Don't wait for blocking helpers (the client's stdin reader) to finish.
+    rt.shutdown_background();
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("error: {e:#}");
+            eprintln!("error: {}", error_chain(&e));
             ExitCode::FAILURE
         }
     }
+}
+
+/// The error and its causes, skipping a cause whose text the message already
+/// carries (our error types print their source inline, which `{:#}` would
+/// repeat).
+fn error_chain(e: &anyhow::Error) -> String {
+    let mut out = String::new();
+    for cause in e.chain() {
+        let text = cause.to_string();
+        if !out.contains(&text) {
+            if !out.is_empty() {
+                out.push_str(": ");
+            }
+            out.push_str(&text);
+        }
+    }
+    out
 }
 
 async fn serve(a: ServeArgs) -> anyhow::Result<()> {
@@ -262,7 +287,10 @@ async fn serve(a: ServeArgs) -> anyhow::Result<()> {
     if let Some(ca) = &gw.dev_ca_file {
         eprintln!("dev certificate (trust this in clients): {}", ca.display());
     }
-    eprintln!("listening: tls={} push_api=http://{}", gw.addr, gw.push_api_addr);
+    match gw.admin_addr {
+        Some(admin) => eprintln!("listening: tls={} push_api=http://{} admin_api=http://{admin}", gw.addr, gw.push_api_addr),
+        None => eprintln!("listening: tls={} push_api=http://{}", gw.addr, gw.push_api_addr),
+    }
     wait_for_signal().await?;
     tracing::info!("signal received, shutting down");
     gw.shutdown().await;
@@ -310,6 +338,9 @@ fn token(a: TokenArgs) -> anyhow::Result<()> {
         gateway::auth::check_id(d, gateway::auth::MAX_DEVICE_BYTES).map_err(|e| anyhow::anyhow!("--device: {e}"))?;
     }
     let ttl = gateway::config::parse_duration(&a.ttl).map_err(|e| anyhow::anyhow!("--ttl: {e}"))?;
+    if ttl < Duration::from_secs(1) || ttl > Duration::from_secs(366 * 24 * 3600) {
+        bail!("--ttl: between 1s and 366d (a token that is already expired, or lives for years, is a mistake)");
+    }
     let secret = secret_for(&a.config)?;
     let t = gateway::auth::mint_hs256(&secret, &a.uid, a.device.as_deref(), ttl)?;
     println!("{t}");

@@ -101,9 +101,15 @@ impl Verifier {
     }
 
     pub fn verify(&self, token: &str) -> Result<Identity, AuthError> {
+        // The peer is unauthenticated: name the category of the problem, never
+        // the library's internals.
         let data = decode::<Claims>(token, &self.key, &self.validation).map_err(|e| match e.kind() {
             ErrorKind::ExpiredSignature => AuthError::Expired,
-            other => AuthError::Invalid(format!("{other:?}")),
+            ErrorKind::InvalidSignature => AuthError::Invalid("bad signature".into()),
+            ErrorKind::InvalidAlgorithm | ErrorKind::InvalidAlgorithmName => AuthError::Invalid("wrong algorithm".into()),
+            ErrorKind::ImmatureSignature => AuthError::Invalid("not valid yet (nbf)".into()),
+            ErrorKind::MissingRequiredClaim(_) | ErrorKind::Json(_) => AuthError::Invalid("claims missing or malformed (uid, exp)".into()),
+            _ => AuthError::Invalid("not a JWT".into()),
         })?;
         let c = data.claims;
         let device = c.dev.unwrap_or_else(|| DEFAULT_DEVICE.to_string());

@@ -54,6 +54,7 @@ pub struct Overrides {
     /// `name:token` pairs for the admin API (`GATEWAY_ADMIN_TOKENS`); added
     /// to `admin.tokens`, so secrets can stay out of the file.
     pub admin_tokens: Option<Vec<String>>,
+    pub admin_listen: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -200,6 +201,9 @@ pub struct XdpConfig {
     pub syn_limit: Option<(u32, u32)>,
     /// Pin maps and link in bpffs so the kernel keeps enforcing across restarts.
     pub pin_dir: Option<PathBuf>,
+    /// Sampled drop events for debugging, (1 in N, at most per second);
+    /// None: off (the default: a log line per drop is no defense under flood).
+    pub drop_events: Option<(u32, u32)>,
 }
 
 #[derive(Debug, Clone)]
@@ -380,6 +384,19 @@ mod tests {
         assert_eq!(c.listen.addr.port(), 2);
         assert_eq!(c.node.id, "edge-7");
         assert_eq!(c.cluster.etcd_endpoints.len(), 1);
+    }
+
+    #[test]
+    fn drop_events_are_off_by_default_and_validated() {
+        assert_eq!(Config::defaults().xdp.drop_events, None, "drop events must be off by default");
+        let on = RawConfig::parse("[xdp]\ndrop_events = true\n").unwrap().validate(&Overrides::default()).unwrap();
+        assert_eq!(on.xdp.drop_events, Some((1, 100)), "on: every drop, at most 100 a second");
+        let bad = RawConfig::parse("[xdp]\ndrop_events_sample = 0\ndrop_events_per_sec = 0\n").unwrap();
+        let errs = bad.validate(&Overrides::default()).unwrap_err();
+        let keys: Vec<&str> = errs.iter().map(|e| e.key.as_str()).collect();
+        assert!(keys.contains(&"xdp.drop_events_sample") && keys.contains(&"xdp.drop_events_per_sec"), "{errs:?}");
+        let too_many = RawConfig::parse("[xdp]\ndrop_events = true\ndrop_events_per_sec = 1000000\n").unwrap();
+        assert!(too_many.validate(&Overrides::default()).is_err());
     }
 
     #[test]

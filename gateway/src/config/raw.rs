@@ -201,6 +201,9 @@ pub struct RawXdp {
     pub syn_burst: u32,
     pub pin: bool,
     pub pin_dir: String,
+    pub drop_events: bool,
+    pub drop_events_sample: u32,
+    pub drop_events_per_sec: u32,
 }
 impl Default for RawXdp {
     fn default() -> Self {
@@ -217,6 +220,12 @@ impl Default for RawXdp {
             syn_burst: 2000,
             pin: false,
             pin_dir: String::new(),
+            // Off: events are for debugging. When on, every drop is a
+            // candidate and 100 lines a second is readable by a human and
+            // harmless to the log pipeline even under a flood.
+            drop_events: false,
+            drop_events_sample: 1,
+            drop_events_per_sec: 100,
         }
     }
 }
@@ -592,6 +601,18 @@ impl RawConfig {
             }
             (rate, burst) => Some((rate, burst)),
         };
+        // Checked even while off, so turning events on later cannot surprise.
+        if r.xdp.drop_events_sample == 0 {
+            c.err("xdp.drop_events_sample", "must be at least 1 (1 = every drop, 10 = one drop in ten)");
+        }
+        let max = gateway_common::EVENTS_MAX_PER_SEC;
+        if r.xdp.drop_events_per_sec == 0 || r.xdp.drop_events_per_sec > max {
+            c.err(
+                "xdp.drop_events_per_sec",
+                format!("{} is outside 1..={max} (set xdp.drop_events = false to turn events off)", r.xdp.drop_events_per_sec),
+            );
+        }
+        let drop_events = r.xdp.drop_events.then_some((r.xdp.drop_events_sample, r.xdp.drop_events_per_sec));
         let pin_dir = match (r.xdp.pin, r.xdp.pin_dir.trim()) {
             (false, "") => None,
             (false, _) => {
@@ -646,6 +667,19 @@ impl RawConfig {
         let abuse = validate_abuse(&mut c, &r.abuse);
         let bans = validate_bans(&mut c, &r.bans, &state_dir);
         let admin = validate_admin(&mut c, r.admin, o, &state_dir);
+        // Two listeners on one address would fail at bind; say which keys clash now.
+        let mut seen: Vec<(&str, SocketAddr)> = vec![("listen.addr", addr), ("push_api.listen", push_listen)];
+        seen.extend(plaintext_addr.map(|a| ("listen.plaintext_addr", a)));
+        if admin.enabled {
+            seen.push(("admin.listen", admin.listen));
+        }
+        for (i, (k1, a1)) in seen.iter().enumerate() {
+            for (k2, a2) in &seen[i + 1..] {
+                if a1 == a2 && a1.port() != 0 {
+                    c.err(k2, format!("{a2} is also {k1}: every listener needs its own address"));
+                }
+            }
+        }
 
         if !c.errors.is_empty() {
             return Err(c.errors);
@@ -689,6 +723,7 @@ impl RawConfig {
                 drop_malformed: r.xdp.drop_malformed,
                 syn_limit,
                 pin_dir,
+                drop_events,
             },
             cluster: ClusterConfig {
                 etcd_endpoints,
@@ -776,7 +811,7 @@ fn validate_bans(c: &mut Check, r: &RawBans, state_dir: &Path) -> BansConfig {
 }
 
 fn validate_admin(c: &mut Check, r: RawAdmin, o: &Overrides, state_dir: &Path) -> AdminConfig {
-    let listen = c.socket_addr("admin.listen", &r.listen);
+    let listen = c.socket_addr("admin.listen", o.admin_listen.as_deref().unwrap_or(&r.listen));
     let mut tokens: Vec<(String, AdminToken)> =
         r.tokens.into_iter().enumerate().map(|(i, t)| (format!("admin.tokens[{i}]"), AdminToken { name: t.name, token: t.token })).collect();
     for (i, pair) in o.admin_tokens.iter().flatten().enumerate() {
