@@ -277,7 +277,8 @@ fn gateway_binary_enforces_static_blacklist_with_xdp() {
         &config,
         format!(
             "[node]\nstate_dir = {state:?}\n\n[listen]\naddr = \"{listen}\"\n\n[push_api]\nlisten = \"127.0.0.1:7445\"\n\n\
-             [xdp]\nenabled = true\nattach_mode = \"auto\"\nobject = {object:?}\nblacklist = [\"{BAD_V4}\"]\n"
+             [xdp]\nenabled = true\nattach_mode = \"auto\"\nobject = {object:?}\nblacklist = [\"{BAD_V4}\"]\n\
+             drop_events = true\ndrop_events_per_sec = 10\n"
         ),
     )
     .expect("write config");
@@ -345,6 +346,20 @@ fn gateway_binary_enforces_static_blacklist_with_xdp() {
     assert!(up, "gateway never accepted on {listen} from {GOOD_V4}; output:\n{}", log.join("\n"));
     assert_dropped(&pair, BAD_V4, listen, "static xdp.blacklist in the config file");
     assert_connects(&pair, GOOD_V4, listen, "not blacklisted");
+    // xdp.drop_events: the dropped SYNs come back as log lines from the reader.
+    let wanted = format!("drop drop_ban_exact from {BAD_V4} proto 6 port");
+    let events_deadline = Instant::now() + Duration::from_secs(10);
+    let mut event_lines = 0;
+    while Instant::now() < events_deadline && event_lines == 0 {
+        if let Ok(line) = rx.recv_timeout(Duration::from_millis(200)) {
+            if line.contains(&wanted) {
+                assert!(line.contains(&format!(" -> {}", listen.port())), "the event names the listening port: {line}");
+                event_lines += 1;
+            }
+            log.push(line);
+        }
+    }
+    assert!(event_lines > 0, "xdp.drop_events = true: expected a `{wanted}` line; output:\n{}", log.join("\n"));
     drop(child);
     let _ = std::fs::remove_dir_all(&state);
 }

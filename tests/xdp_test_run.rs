@@ -10,6 +10,7 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
+use gateway::defense::events::{self, Event, EventSampling};
 use gateway::defense::xdp::{Kernel, KernelPolicy, SynLimit};
 use gateway::defense::{IpNet, Rule};
 use gateway_tests::netns;
@@ -342,6 +343,114 @@ fn syn_limiter_counts_only_pure_syns_to_listening_ports() {
 
 /// The userspace fallback (`RuleSet::judge`) must decide exactly like the
 /// kernel for every source: same drop/pass, same reason.
+fn event_stats(p: &Prog) -> HashMap<&'static str, u64> {
+    p.k.event_stats().into_iter().map(|(s, v)| (s.name(), v)).collect()
+}
+
+fn with_events(one_in: u32, per_sec: u32) -> KernelPolicy {
+    KernelPolicy { events: Some(EventSampling { one_in, per_sec }), ..policy() }
+}
+
+#[test]
+fn drop_events_carry_source_and_reason_and_are_off_by_default() {
+    if skip("drop_events_carry_source_and_reason_and_are_off_by_default") {
+        return;
+    }
+    let mut p = Prog::load(policy(), &rules());
+    let mut ring = p.k.take_events().expect("the object has a DROP_EVENTS ring buffer");
+    let syn = tcp(PORT, SYN);
+    let banned4 = eth4(&ipv4(BANNED, 6, 0, &syn));
+
+    // Off (the default policy): drops emit nothing and touch no event stat.
+    for _ in 0..5 {
+        p.expect("banned v4, events off", &banned4, XDP_DROP, "drop_ban_exact");
+    }
+    assert_eq!(events::drain(&mut ring, 100), Vec::<Event>::new(), "events are off by default");
+    assert!(event_stats(&p).values().all(|v| *v == 0), "{:?}", event_stats(&p));
+
+    // On, every drop: one event per drop, none for passes.
+    p.k.set_policy(&with_events(1, 1000)).unwrap();
+    let mut udp = vec![0u8; 8];
+    udp[0..2].copy_from_slice(&5353u16.to_be_bytes());
+    udp[2..4].copy_from_slice(&53u16.to_be_bytes());
+    p.expect("banned v4", &banned4, XDP_DROP, "drop_ban_exact");
+    p.expect("clean v4", &eth4(&ipv4(CLEAN, 6, 0, &syn)), XDP_PASS, "pass_no_match");
+    p.expect("banned v6 behind QinQ", &eth(&[0x88a8, 0x8100], 0x86dd, &ipv6(BANNED6, 6, &syn)), XDP_DROP, "drop_ban_exact");
+    p.expect("v4-mapped v6 of a banned v4", &eth6(&ipv6("::ffff:192.0.2.66", 6, &syn)), XDP_DROP, "drop_ban_exact");
+    p.expect("banned CIDR, UDP", &eth4(&ipv4("198.51.100.9", 17, 0, &udp)), XDP_DROP, "drop_ban_cidr");
+    p.expect("non-first fragment of a banned source", &eth4(&ipv4(BANNED, 6, 0x0010, &syn)), XDP_DROP, "drop_ban_exact");
+    p.expect("VLAN tag cut", &eth(&[0x8100], 0x0800, &[])[..16], XDP_DROP, "malformed_l2");
+    let got = events::drain(&mut ring, 100);
+    let summary: Vec<(Option<IpAddr>, &str, Option<(u16, u16)>, bool)> =
+        got.iter().map(|e| (e.source, e.reason.map_or("?", |r| r.name()), e.ports, e.dropped)).collect();
+    let ip = |s: &str| Some(s.parse::<IpAddr>().unwrap());
+    assert_eq!(
+        summary,
+        vec![
+            (ip(BANNED), "drop_ban_exact", Some((40000, PORT)), true),
+            (ip(BANNED6), "drop_ban_exact", Some((40000, PORT)), true),
+            (ip("::ffff:192.0.2.66"), "drop_ban_exact", Some((40000, PORT)), true),
+            (ip("198.51.100.9"), "drop_ban_cidr", Some((5353, 53)), true),
+            // A fragment has no L4 header to read ports from.
+            (ip(BANNED), "drop_ban_exact", None, true),
+            (None, "malformed_l2", None, true),
+        ],
+        "one event per drop, in order, with the source as seen on the wire"
+    );
+    assert_eq!(got[3].protocol, 17);
+    assert!(got.windows(2).all(|w| w[0].at_ns <= w[1].at_ns), "timestamps are monotonic: {got:?}");
+    assert_eq!(event_stats(&p)["events_emitted"], 6);
+
+    // Monitor mode: the would-drop passes and its event says so.
+    p.k.set_policy(&KernelPolicy { monitor: true, ..with_events(1, 1000) }).unwrap();
+    p.expect("banned v4, monitor", &banned4, XDP_PASS, "monitor_ban_exact");
+    let got = events::drain(&mut ring, 100);
+    assert_eq!(got.len(), 1, "{got:?}");
+    assert_eq!((got[0].source, got[0].reason.map(|r| r.name()), got[0].dropped), (ip(BANNED), Some("monitor_ban_exact"), false));
+
+    // Off again: nothing.
+    p.k.set_policy(&policy()).unwrap();
+    p.expect("banned v4, events off again", &banned4, XDP_DROP, "drop_ban_exact");
+    assert_eq!(events::drain(&mut ring, 100), Vec::<Event>::new());
+}
+
+#[test]
+fn drop_events_are_rate_limited_and_sampled() {
+    if skip("drop_events_are_rate_limited_and_sampled") {
+        return;
+    }
+    let mut p = Prog::load(with_events(1, 3), &rules());
+    let mut ring = p.k.take_events().expect("the object has a DROP_EVENTS ring buffer");
+    let banned4 = eth4(&ipv4(BANNED, 6, 0, &tcp(PORT, SYN)));
+
+    // 3 a second: the bucket starts full (3), then refills 3 per second.
+    let started = Instant::now();
+    for _ in 0..50 {
+        assert_eq!(p.k.test_run(&banned4).unwrap(), XDP_DROP);
+    }
+    let elapsed = started.elapsed();
+    let n = events::drain(&mut ring, 1000).len() as u64;
+    // Refill during the loop (normally well under a millisecond) is at most
+    // one event per 333 ms; allow for it so a slow machine does not flake.
+    let allowed = 3 + (elapsed.as_millis() as u64 * 3).div_ceil(1000);
+    assert!(n >= 3 && n <= allowed, "expected 3 events (at most {allowed} after {elapsed:?}), got {n}");
+    let stats = event_stats(&p);
+    assert_eq!(stats["events_emitted"], n);
+    assert_eq!(stats["events_rate_limited"], 50 - n, "every drop over the rate is counted: {stats:?}");
+    assert_eq!(stats["events_lost"], 0, "{stats:?}");
+
+    // 1 in 4, with room to spare in the rate: about a quarter of the drops.
+    // A fresh load, so the bucket starts full rather than nearly empty.
+    let mut p = Prog::load(with_events(4, 5000), &rules());
+    let mut ring = p.k.take_events().expect("the object has a DROP_EVENTS ring buffer");
+    for _ in 0..800 {
+        assert_eq!(p.k.test_run(&banned4).unwrap(), XDP_DROP);
+    }
+    let n = events::drain(&mut ring, 10_000).len();
+    // Binomial(800, 1/4): mean 200, sd 12; these bounds are 6+ sd out.
+    assert!((120..=280).contains(&n), "1-in-4 sampling of 800 drops gave {n} events");
+}
+
 #[test]
 fn userspace_rules_agree_with_the_kernel() {
     if skip("userspace_rules_agree_with_the_kernel") {

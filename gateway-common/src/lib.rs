@@ -20,6 +20,9 @@
 //! | [`MAP_LISTEN_PORTS`] | hash            | `u16` (net order)| `u8`           |
 //! | [`MAP_CONFIG`]       | array, 1 entry  | `u32` (0)        | [`RuntimeConfig`] |
 //! | [`MAP_COUNTERS`]     | per-CPU array   | `u32` ([`Counter`]) | `u64`       |
+//! | [`MAP_DROP_EVENTS`]  | ring buffer     | -                | [`DropEvent`]  |
+//! | [`MAP_EVENT_BUCKET`] | array, 1 entry  | `u32` (0)        | [`EventBucket`] |
+//! | [`MAP_EVENT_STATS`]  | per-CPU array   | `u32` ([`EventStat`]) | `u64`     |
 //!
 //! IPv4 addresses are stored as the four bytes in network order (`u32` read
 //! straight from the packet, i.e. `u32::from_ne_bytes(ip.octets())` in
@@ -40,6 +43,9 @@ pub const MAP_SYN_BUCKETS: &str = "SYN_BUCKETS";
 pub const MAP_LISTEN_PORTS: &str = "LISTEN_PORTS";
 pub const MAP_CONFIG: &str = "CONFIG";
 pub const MAP_COUNTERS: &str = "COUNTERS";
+pub const MAP_DROP_EVENTS: &str = "DROP_EVENTS";
+pub const MAP_EVENT_BUCKET: &str = "EVENT_BUCKET";
+pub const MAP_EVENT_STATS: &str = "EVENT_STATS";
 
 /// Capacities. The exact ban maps are plain hash maps (never evicted: a ban
 /// must not silently disappear under pressure), so userspace checks these
@@ -53,6 +59,15 @@ pub const ALLOW_CAPACITY: u32 = 4_096;
 /// free lists), so this is 5 MiB and part of every program load's time.
 pub const SYN_BUCKETS_CAPACITY: u32 = 65_536;
 pub const LISTEN_PORTS_CAPACITY: u32 = 64;
+/// Bytes of the drop-event ring buffer (a power-of-two multiple of the page
+/// size). 256 KiB holds about 5,400 events (40 bytes plus the kernel's 8-byte
+/// record header): more than [`EVENTS_MAX_PER_SEC`] allows in a second, so a
+/// reader that wakes once a second never loses events to a full buffer. The
+/// map exists (and costs this much) even while events are off.
+pub const DROP_EVENTS_BYTES: u32 = 256 * 1024;
+/// Upper bound for `RuntimeConfig::events_per_sec`; the program clamps to it
+/// too, which also keeps its token-bucket arithmetic far from overflow.
+pub const EVENTS_MAX_PER_SEC: u32 = 5_000;
 
 /// How many IPv6 extension headers the program walks before giving up and
 /// treating the packet as unparseable (bounded loop for the verifier, and a
@@ -142,13 +157,89 @@ pub struct RuntimeConfig {
     pub syn_rate_per_sec: u32,
     /// Bucket size in SYNs.
     pub syn_burst: u32,
-    pub _pad: u32,
+    /// With [`CFG_FLAG_EVENTS`]: emit one drop event in this many drops,
+    /// chosen at random (0 and 1 both mean every drop).
+    pub events_one_in: u32,
+    /// With [`CFG_FLAG_EVENTS`]: at most this many drop events a second (a
+    /// token bucket of one second's worth); 0 emits nothing.
+    pub events_per_sec: u32,
 }
 
 /// Every would-drop is counted and passed instead (a dry run of the rules).
 pub const CFG_FLAG_MONITOR: u32 = 1;
 /// Enforce the per-source SYN token bucket.
 pub const CFG_FLAG_SYN_LIMIT: u32 = 2;
+/// Emit sampled, rate-limited [`DropEvent`]s into [`MAP_DROP_EVENTS`].
+pub const CFG_FLAG_EVENTS: u32 = 4;
+
+/// One sampled drop (or monitor-mode would-drop), as written into
+/// [`MAP_DROP_EVENTS`]. Fields the program did not get to parse are zero.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct DropEvent {
+    /// `bpf_ktime_get_ns()` (CLOCK_MONOTONIC) at the decision.
+    pub ts_ns: u64,
+    /// Source address; IPv4 as `::ffff:a.b.c.d`. All zero when the frame was
+    /// dropped before its source was known (malformed L2/L3).
+    pub addr: [u8; 16],
+    /// The [`Counter`] the packet was filed under.
+    pub reason: u32,
+    /// 4 or 6 (the IP version on the wire); 0 when not parsed.
+    pub family: u8,
+    /// IP protocol (6 TCP, 17 UDP, ...); 0 when not parsed.
+    pub protocol: u8,
+    /// 1: the packet was dropped; 0: monitor mode let it through.
+    pub dropped: u8,
+    pub _pad: u8,
+    /// TCP/UDP ports in host order; 0 when not parsed (fragments, other
+    /// protocols, headers cut short).
+    pub src_port: u16,
+    pub dst_port: u16,
+    pub _pad2: u32,
+}
+
+/// Global token bucket for drop events, in [`MAP_EVENT_BUCKET`] slot 0.
+/// Global rather than per CPU so the bound is `events_per_sec` for the whole
+/// host; CPUs racing on it may let a few extra events through, which the
+/// userspace reader's own limit absorbs.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct EventBucket {
+    /// Events scaled by [`EVENT_TOKEN_SCALE`].
+    pub tokens: u64,
+    /// `bpf_ktime_get_ns()` of the last refill.
+    pub last_ns: u64,
+}
+
+/// One event = this many bucket units.
+pub const EVENT_TOKEN_SCALE: u64 = 1_000;
+
+/// Per-CPU drop-event bookkeeping in [`MAP_EVENT_STATS`]. Kept apart from
+/// [`Counter`] because those count packets (one reason each); these count events.
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum EventStat {
+    /// Written to the ring buffer.
+    Emitted = 0,
+    /// Sampled and within the rate, but the ring buffer was full.
+    Lost,
+    /// Sampled, but over `events_per_sec`.
+    RateLimited,
+}
+
+impl EventStat {
+    pub const COUNT: u32 = EventStat::RateLimited as u32 + 1;
+    pub const ALL: [EventStat; EventStat::COUNT as usize] = [EventStat::Emitted, EventStat::Lost, EventStat::RateLimited];
+
+    /// Stable snake_case name, used as a Prometheus label value.
+    pub const fn name(self) -> &'static str {
+        match self {
+            EventStat::Emitted => "events_emitted",
+            EventStat::Lost => "events_lost",
+            EventStat::RateLimited => "events_rate_limited",
+        }
+    }
+}
 
 /// Per-CPU counters. Each packet increments exactly one *reason* counter and
 /// exactly one of [`Counter::VerdictPass`] / [`Counter::VerdictDrop`].
@@ -238,7 +329,9 @@ impl Counter {
 const _: () = assert!(core::mem::size_of::<BanEntry>() == 16 && core::mem::align_of::<BanEntry>() == 8);
 const _: () = assert!(core::mem::size_of::<AllowEntry>() == 8 && core::mem::align_of::<AllowEntry>() == 4);
 const _: () = assert!(core::mem::size_of::<SynBucket>() == 16 && core::mem::align_of::<SynBucket>() == 8);
-const _: () = assert!(core::mem::size_of::<RuntimeConfig>() == 24 && core::mem::align_of::<RuntimeConfig>() == 4);
+const _: () = assert!(core::mem::size_of::<RuntimeConfig>() == 28 && core::mem::align_of::<RuntimeConfig>() == 4);
+const _: () = assert!(core::mem::size_of::<DropEvent>() == 40 && core::mem::align_of::<DropEvent>() == 8);
+const _: () = assert!(core::mem::size_of::<EventBucket>() == 16 && core::mem::align_of::<EventBucket>() == 8);
 const _: () = assert!(Counter::ALL.len() == Counter::COUNT as usize);
 const _: () = {
     // ALL must be in index order, so `ALL[i] as u32 == i`.
@@ -257,4 +350,6 @@ mod pod {
     unsafe impl aya::Pod for super::AllowEntry {}
     unsafe impl aya::Pod for super::SynBucket {}
     unsafe impl aya::Pod for super::RuntimeConfig {}
+    unsafe impl aya::Pod for super::DropEvent {}
+    unsafe impl aya::Pod for super::EventBucket {}
 }

@@ -5,6 +5,8 @@
 //!   monitor mode, expiry) and `judge`, the kernel's decision redone in Rust.
 //!   Sans-IO; it is both the fallback and the mirror that `is_blocked` reads.
 //! - [`xdp`]: loading `gateway-xdp.o`, filling maps, attaching, counters.
+//! - [`events`]: the optional sampled stream of drops (ring buffer) and the
+//!   task that logs it, bounded.
 //! - [`packet`]: the XDP program's per-frame decision in plain Rust, the
 //!   reference the kernel is tested against.
 //! - [`iface`]: which interface to attach to when the config names none.
@@ -18,6 +20,7 @@
 //! Whatever the mode, `is_blocked` is also checked at accept, because XDP
 //! covers one interface and the listener may be reachable through others.
 
+pub mod events;
 pub mod iface;
 pub mod packet;
 pub mod pins;
@@ -27,13 +30,15 @@ pub mod xdp;
 
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::Instant;
 
 use gateway_common::Counter;
 use parking_lot::{Mutex, RwLock};
 
 pub use rules::{IpNet, IpNetError, Judgement, Rule, RuleKind, RuleSet, Table};
+pub use events::EventSampling;
 pub use xdp::{KernelPolicy, SynLimit, XdpError};
 
 use crate::config::XdpConfig;
@@ -95,6 +100,12 @@ pub struct Defense {
     accept_counts: [AtomicU64; Counter::COUNT as usize],
     /// Userspace mode only: the SYN limiter, one token per accepted connection.
     syn: Mutex<Option<syn_limit::SourceBuckets>>,
+    /// XDP mode: the drop-event ring buffer until [`Defense::spawn_event_reader`]
+    /// takes it. Taken even while events are off, so `set_policy` can turn
+    /// them on without a reader restart.
+    event_ring: Mutex<Option<aya::maps::RingBuf<aya::maps::MapData>>>,
+    /// The reader's log bound: the policy's `per_sec`, 0 while events are off.
+    events_per_sec: Arc<AtomicU32>,
 }
 
 impl Defense {
@@ -110,7 +121,7 @@ impl Defense {
         let mut rules = RuleSet::default();
         rules.monitor = policy.monitor;
         let configured: Vec<Rule> = cfg.blacklist.iter().map(|ip| Rule::ban(IpNet::host(*ip))).collect();
-        let (kernel, enforcement) = if cfg.enabled {
+        let (mut kernel, enforcement) = if cfg.enabled {
             match Self::start_kernel(cfg, &policy, listen, &configured, opts.pin_dir.as_deref()) {
                 Ok(k) => {
                     // State of the previous run first, so the config wins.
@@ -157,12 +168,15 @@ impl Defense {
             (None, Some(limit)) => Some(syn_limit::SourceBuckets::new(limit, gateway_common::SYN_BUCKETS_CAPACITY as usize)),
             _ => None,
         };
+        let event_ring = kernel.as_mut().and_then(xdp::Kernel::take_events);
         Defense {
             enforcement,
             rules: RwLock::new(rules),
             kernel: Mutex::new(kernel),
             accept_counts: std::array::from_fn(|_| AtomicU64::new(0)),
             syn: Mutex::new(syn),
+            event_ring: Mutex::new(event_ring),
+            events_per_sec: Arc::new(AtomicU32::new(policy.events.map_or(0, |e| e.per_sec))),
         }
     }
 
@@ -233,8 +247,32 @@ impl Defense {
                 *syn = policy.syn_limit.map(|l| syn_limit::SourceBuckets::new(l, gateway_common::SYN_BUCKETS_CAPACITY as usize));
             }
         }
+        self.events_per_sec.store(policy.events.map_or(0, |e| e.per_sec), Ordering::Relaxed);
         self.rules.write().monitor = policy.monitor;
         Ok(())
+    }
+
+    /// XDP mode: spawns the task that logs drop events (see [`events`]); it
+    /// idles while events are off. None in userspace mode, or when already
+    /// spawned. Must be called inside a tokio runtime.
+    pub fn spawn_event_reader(&self) -> Option<tokio::task::JoinHandle<()>> {
+        let ring = self.event_ring.lock().take()?;
+        match events::Reader::new(ring, self.events_per_sec.clone()) {
+            Ok(r) => Some(tokio::spawn(r.run())),
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot watch the drop-event ring buffer; xdp.drop_events will log nothing");
+                None
+            }
+        }
+    }
+
+    /// Drop-event bookkeeping by stable name ([`gateway_common::EventStat::name`]);
+    /// empty in userspace mode (accept-time checks emit no events).
+    pub fn event_stats(&self) -> Vec<(&'static str, u64)> {
+        match self.kernel.lock().as_ref() {
+            Some(k) => k.event_stats().into_iter().map(|(s, v)| (s.name(), v)).collect(),
+            None => Vec::new(),
+        }
     }
 
     /// Bans one address (exact, enforcing, no expiry).
@@ -330,6 +368,7 @@ mod tests {
             drop_malformed: true,
             syn_limit: None,
             pin_dir: None,
+            ..crate::config::Config::defaults().xdp
         }
     }
 

@@ -10,7 +10,7 @@ use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 
 use aya::maps::lpm_trie::{Key, LpmTrie};
-use aya::maps::{Array, HashMap, MapData, MapError, PerCpuArray};
+use aya::maps::{Array, HashMap, MapData, MapError, PerCpuArray, RingBuf};
 use aya::programs::links::{FdLink, LinkError, PinnedLink};
 use aya::programs::xdp::{XdpLink, XdpLinkId};
 use aya::programs::{ProgramError, Xdp, XdpMode};
@@ -18,11 +18,12 @@ use aya::{Ebpf, EbpfError, EbpfLoader};
 use aya::{TestRun, TestRunOptions};
 use std::time::{Duration, Instant};
 use gateway_common::{
-    AllowEntry, BanEntry, Counter, RuntimeConfig, BAN_FLAG_MONITOR, MAP_ALLOW_V4, MAP_ALLOW_V6,
-    MAP_BAN_CIDR_V4, MAP_BAN_CIDR_V6, MAP_BAN_V4, MAP_BAN_V6, MAP_CONFIG, MAP_COUNTERS,
-    MAP_LISTEN_PORTS, PROGRAM_NAME,
+    AllowEntry, BanEntry, Counter, EventStat, RuntimeConfig, BAN_FLAG_MONITOR, EVENTS_MAX_PER_SEC,
+    MAP_ALLOW_V4, MAP_ALLOW_V6, MAP_BAN_CIDR_V4, MAP_BAN_CIDR_V6, MAP_BAN_V4, MAP_BAN_V6,
+    MAP_CONFIG, MAP_COUNTERS, MAP_DROP_EVENTS, MAP_EVENT_STATS, MAP_LISTEN_PORTS, PROGRAM_NAME,
 };
 
+use super::events::EventSampling;
 use super::pins::{self, PinError};
 use super::rules::{IpNet, Rule, RuleKind, Table};
 use crate::config::AttachMode;
@@ -87,6 +88,8 @@ pub struct KernelPolicy {
     pub syn_limit: Option<SynLimit>,
     /// The gateway's TCP listening ports (the SYN limiter's scope).
     pub listen_ports: Vec<u16>,
+    /// Sampled drop events for debugging (see [`super::events`]); None: off.
+    pub events: Option<EventSampling>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -99,7 +102,7 @@ impl KernelPolicy {
     /// Defaults for a gateway listening on `port`: no SYN limit (it needs
     /// rates chosen for the deployment), fragments pass, malformed drop.
     pub fn for_port(port: u16) -> KernelPolicy {
-        KernelPolicy { monitor: false, drop_fragments: false, drop_malformed: true, syn_limit: None, listen_ports: vec![port] }
+        KernelPolicy { monitor: false, drop_fragments: false, drop_malformed: true, syn_limit: None, listen_ports: vec![port], events: None }
     }
 
     /// Everything wrong with this policy as an operator setting, for config
@@ -122,6 +125,14 @@ impl KernelPolicy {
                 p.push("SYN limit set but no listening port to apply it to".to_string());
             }
         }
+        if let Some(e) = self.events {
+            if e.one_in == 0 {
+                p.push("drop-event sampling must be 1 in at least 1 (1 = every drop)".to_string());
+            }
+            if e.per_sec == 0 || e.per_sec > EVENTS_MAX_PER_SEC {
+                p.push(format!("drop-event rate {} per second is outside 1..={EVENTS_MAX_PER_SEC}", e.per_sec));
+            }
+        }
         if self.listen_ports.len() > gateway_common::LISTEN_PORTS_CAPACITY as usize {
             p.push(format!("{} listening ports, at most {} fit the kernel map", self.listen_ports.len(), gateway_common::LISTEN_PORTS_CAPACITY));
         }
@@ -137,13 +148,17 @@ impl KernelPolicy {
         if self.syn_limit.is_some() {
             flags |= gateway_common::CFG_FLAG_SYN_LIMIT;
         }
+        if self.events.is_some() {
+            flags |= gateway_common::CFG_FLAG_EVENTS;
+        }
         RuntimeConfig {
             flags,
             fragment_verdict: verdict(self.drop_fragments),
             malformed_verdict: verdict(self.drop_malformed),
             syn_rate_per_sec: self.syn_limit.map_or(0, |s| s.rate_per_sec),
             syn_burst: self.syn_limit.map_or(0, |s| s.burst),
-            _pad: 0,
+            events_one_in: self.events.map_or(0, |e| e.one_in),
+            events_per_sec: self.events.map_or(0, |e| e.per_sec),
         }
     }
 }
@@ -161,6 +176,10 @@ pub struct Kernel {
     listen_ports: HashMap<MapData, u16, u8>,
     config: Array<MapData, RuntimeConfig>,
     counters: PerCpuArray<MapData, u64>,
+    event_stats: PerCpuArray<MapData, u64>,
+    /// The drop-event ring buffer until [`Kernel::take_events`] hands it to
+    /// a reader (it has one consumer position, so one owner).
+    events: Option<RingBuf<MapData>>,
     /// Entries found in reused pinned maps (state of the previous run).
     pub adopted: Vec<Rule>,
     /// True when an existing pinned link was taken over (no re-attach).
@@ -312,6 +331,8 @@ impl Kernel {
             listen_ports: take(&mut ebpf, MAP_LISTEN_PORTS)?,
             config: take(&mut ebpf, MAP_CONFIG)?,
             counters: take(&mut ebpf, MAP_COUNTERS)?,
+            event_stats: take(&mut ebpf, MAP_EVENT_STATS)?,
+            events: Some(take(&mut ebpf, MAP_DROP_EVENTS)?),
             adopted: Vec::new(),
             link_reused: false,
             pin_dir: pins.map(Path::to_path_buf),
@@ -518,6 +539,26 @@ impl Kernel {
         }
     }
 
+    /// The drop-event ring buffer, once: for [`super::events::drain`] or
+    /// [`super::events::Reader`].
+    pub fn take_events(&mut self) -> Option<RingBuf<MapData>> {
+        self.events.take()
+    }
+
+    /// Drop-event bookkeeping summed over CPUs, in [`EventStat::ALL`] order.
+    pub fn event_stats(&self) -> Vec<(EventStat, u64)> {
+        EventStat::ALL
+            .iter()
+            .map(|s| {
+                let v = match self.event_stats.get(&(*s as u32), 0) {
+                    Ok(per_cpu) => per_cpu.iter().copied().fold(0u64, u64::wrapping_add),
+                    Err(_) => 0,
+                };
+                (*s, v)
+            })
+            .collect()
+    }
+
     /// Per-CPU counters summed, in [`Counter::ALL`] order.
     pub fn counters(&self) -> Vec<(Counter, u64)> {
         Counter::ALL
@@ -543,6 +584,13 @@ mod tests {
         let bad = KernelPolicy { syn_limit: Some(SynLimit { rate_per_sec: 0, burst: 0 }), listen_ports: vec![], ..KernelPolicy::for_port(1) };
         let p = bad.problems();
         assert_eq!(p.len(), 3, "{p:?}");
+        let bad_events = KernelPolicy { events: Some(EventSampling { one_in: 0, per_sec: EVENTS_MAX_PER_SEC + 1 }), ..KernelPolicy::for_port(1) };
+        assert_eq!(bad_events.problems().len(), 2, "{:?}", bad_events.problems());
+        let events = KernelPolicy { events: Some(EventSampling { one_in: 10, per_sec: 100 }), ..KernelPolicy::for_port(1) };
+        assert!(events.problems().is_empty());
+        let rc = events.runtime_config();
+        assert_eq!((rc.flags, rc.events_one_in, rc.events_per_sec), (gateway_common::CFG_FLAG_EVENTS, 10, 100));
+        assert_eq!(KernelPolicy::for_port(1).runtime_config().flags & gateway_common::CFG_FLAG_EVENTS, 0, "events are off by default");
         let ok = KernelPolicy { syn_limit: Some(SynLimit { rate_per_sec: 50, burst: 100 }), ..KernelPolicy::for_port(443) };
         assert!(ok.problems().is_empty());
         assert_eq!(ok.runtime_config().flags, gateway_common::CFG_FLAG_SYN_LIMIT);

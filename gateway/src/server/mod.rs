@@ -59,6 +59,7 @@ fn defense_options(config: &Config, addr: SocketAddr, plaintext: Option<SocketAd
         drop_malformed: x.drop_malformed,
         syn_limit: x.syn_limit.map(|(rate_per_sec, burst)| crate::defense::SynLimit { rate_per_sec, burst }),
         listen_ports: ports,
+        events: x.drop_events.map(|(one_in, per_sec)| crate::defense::EventSampling { one_in, per_sec }),
     };
     crate::defense::Options { policy, pin_dir: x.pin_dir.clone() }
 }
@@ -162,6 +163,8 @@ pub async fn start(config: Config) -> Result<Gateway, StartError> {
         tasks.push(tokio::spawn(crate::admin::serve(node.clone(), a)));
     }
     tasks.push(tokio::spawn(liveness_sweeper(node.clone())));
+    // XDP mode only; idles until xdp.drop_events turns the stream on.
+    tasks.extend(node.defense.spawn_event_reader());
     tasks.push(tokio::spawn(crate::api::serve(node.clone(), api)));
     tracing::info!(node = %node.id, %addr, push_api = %push_api_addr, "gateway serving");
     Ok(Gateway { node, addr, plaintext_addr, push_api_addr, admin_addr, dev_ca_file, tasks })
