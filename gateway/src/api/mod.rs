@@ -247,6 +247,13 @@ async fn metrics_handler(State(node): State<Arc<Node>>) -> impl IntoResponse {
     for (name, v) in node.defense.counters() {
         extra.push_str(&format!("gateway_defense_verdicts_total{{scope=\"{scope}\",reason=\"{name}\"}} {v}\n"));
     }
+    let events = node.defense.event_stats();
+    if !events.is_empty() {
+        extra.push_str("# HELP gateway_xdp_drop_events_total Drop-event stream (xdp.drop_events): emitted, rate-limited, lost.\n# TYPE gateway_xdp_drop_events_total counter\n");
+        for (name, v) in events {
+            extra.push_str(&format!("gateway_xdp_drop_events_total{{stat=\"{name}\"}} {v}\n"));
+        }
+    }
     extra.push_str(&format!(
         "# HELP gateway_bans Bans in this node's list (all targets, both modes).\n# TYPE gateway_bans gauge\ngateway_bans {}\n",
         node.bans.len()
