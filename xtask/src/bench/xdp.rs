@@ -7,10 +7,14 @@
 //!   veth pair; dropping it deletes both namespaces (and with them every
 //!   veth, XDP attachment, iptables/nft rule and ipset set made inside) and
 //!   unloads xdp-filter, whose pins live in the host's bpffs.
-//! - [`Generator`]: one thread per CPU in `gen` runs the `bench-gen` XDP
-//!   program with `BPF_PROG_TEST_RUN` + `BPF_F_TEST_XDP_LIVE_FRAMES`; it
-//!   returns `XDP_TX`, so the kernel transmits each copy of the template
-//!   frame out of the veth. Bounded by a deadline and a per-call count.
+//! - [`Generator`]: threads in `gen` run the `bench-gen` XDP program with
+//!   `BPF_PROG_TEST_RUN` + `BPF_F_TEST_XDP_LIVE_FRAMES`; it returns
+//!   `XDP_TX`, so the kernel transmits each copy of the template frame out
+//!   of the veth. Bounded by a deadline and a per-call count.
+//! - [`Topology`]: every filter is measured twice, with generator and
+//!   receiver sharing both CPUs, and with the receiver on a core of its own
+//!   (threaded NAPI).
+//! - [`program_ns`]: the attached XDP program's own cost per frame.
 //! - [`Variant`]: installs one filter in `rx`, and reads how many packets it
 //!   has dropped so far (XDP: the veth's `xdp_drops`; iptables: the rule
 //!   counters; nft and no filter: the veth's received packets).
@@ -358,8 +362,8 @@ fn frame() -> Vec<u8> {
     f
 }
 
-/// Generator threads, one per CPU, each pinned to its CPU so each feeds its
-/// own veth queue. Stops (and joins) on drop.
+/// Generator threads, thread `i` pinned to CPU `i` so each feeds its own
+/// veth queue (veth picks the queue by CPU). Stops (and joins) on drop.
 pub struct Generator {
     stop: Arc<AtomicBool>,
     sent: Arc<AtomicU64>,
@@ -367,12 +371,12 @@ pub struct Generator {
 }
 
 impl Generator {
-    pub fn start(object: &Path, gen_ns: &Path, cpus: usize, deadline: Instant) -> Result<Generator> {
+    pub fn start(object: &Path, gen_ns: &Path, threads_n: usize, deadline: Instant) -> Result<Generator> {
         let stop = Arc::new(AtomicBool::new(false));
         let sent = Arc::new(AtomicU64::new(0));
         let mut threads = Vec::new();
         let (ready_tx, ready_rx) = std::sync::mpsc::channel::<Result<()>>();
-        for cpu in 0..cpus {
+        for cpu in 0..threads_n {
             let (object, gen_ns, stop, sent, ready) = (object.to_path_buf(), gen_ns.to_path_buf(), stop.clone(), sent.clone(), ready_tx.clone());
             threads.push(std::thread::spawn(move || -> Result<()> {
                 let setup = || -> Result<(Ebpf, u32)> {
@@ -429,7 +433,7 @@ impl Generator {
         }
         drop(ready_tx);
         let mut g = Generator { stop, sent, threads };
-        for _ in 0..cpus {
+        for _ in 0..threads_n {
             match ready_rx.recv() {
                 Ok(Ok(())) => {}
                 Ok(Err(e)) => {
