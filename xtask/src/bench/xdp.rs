@@ -409,7 +409,7 @@ impl Generator {
                 let mut ctx = [0u8; 24];
                 ctx[4..8].copy_from_slice(&(data.len() as u32).to_ne_bytes());
                 ctx[12..16].copy_from_slice(&ifindex.to_ne_bytes());
-                while !stop.load(Ordering::Relaxed) && Instant::now() < deadline {
+                while !stop.load(Ordering::Relaxed) && !INTERRUPTED.load(Ordering::Relaxed) && Instant::now() < deadline {
                     let opts = TestRunOptions {
                         data_in: Some(&data),
                         ctx_in: Some(&ctx),
@@ -745,6 +745,28 @@ fn program_ns(frame_file: &Path) -> Result<f64> {
     Ok(best)
 }
 
+/// Set by SIGINT/SIGTERM: the run stops at the next check and unwinds, so
+/// the lab's guard still removes namespaces, rules and xdp-filter's pins.
+static INTERRUPTED: AtomicBool = AtomicBool::new(false);
+
+extern "C" fn on_signal(_: libc::c_int) {
+    INTERRUPTED.store(true, Ordering::Relaxed);
+}
+
+fn catch_signals() {
+    let handler = on_signal as extern "C" fn(libc::c_int) as libc::sighandler_t;
+    // SAFETY: the handler only stores to an atomic, which is async-signal-safe.
+    unsafe {
+        libc::signal(libc::SIGINT, handler);
+        libc::signal(libc::SIGTERM, handler);
+    }
+}
+
+fn check_interrupted() -> Result<()> {
+    ensure!(!INTERRUPTED.load(Ordering::Relaxed), "interrupted; the lab has been cleaned up");
+    Ok(())
+}
+
 // ---- the run -----------------------------------------------------------------
 
 pub struct Row {
@@ -774,6 +796,7 @@ pub struct Report {
 
 pub fn run(plan: &Plan, gateway_object: &Path, gen_object: &Path) -> Result<Report> {
     let sets = [Lists::new(10, 0), Lists::new(plan.full_exact, plan.full_cidr)];
+    catch_signals();
     let mut lab = Lab::new()?;
     let frame_file = std::env::temp_dir().join(format!("xbench-frame-{}", std::process::id()));
     std::fs::write(&frame_file, frame()).with_context(|| format!("writing {}", frame_file.display()))?;
@@ -791,6 +814,7 @@ fn run_in(plan: &Plan, lab: &mut Lab, frame_file: &Path, sets: &[Lists], gateway
             if !applicable(v, lists) {
                 continue;
             }
+            check_interrupted()?;
             step(&format!("xdp bench: {} with {}", v.name(), lists.label()));
             let t = Instant::now();
             let installed = install(lab, v, lists, gateway_object).with_context(|| format!("installing {}", v.name()))?;
@@ -857,6 +881,7 @@ fn measure(plan: &Plan, lab: &Lab, t: Topology, v: Variant, gen_object: &Path) -
     let (mut d0, mut s0, mut t0) = (dropped(v)?, g.sent(), Instant::now());
     for _ in 0..plan.windows {
         std::thread::sleep(plan.window);
+        check_interrupted()?;
         let (d1, s1, t1) = (dropped(v)?, g.sent(), Instant::now());
         let secs = (t1 - t0).as_secs_f64();
         samples.push(((d1.saturating_sub(d0)) as f64 / secs / 1e6, (s1.saturating_sub(s0)) as f64 / secs / 1e6));
