@@ -373,3 +373,38 @@ impl Drop for Guard {
     }
 }
 
+
+#[test]
+fn pins_from_another_capacity_are_replaced_not_refused() {
+    if !netns::privileged("pins_from_another_capacity_are_replaced_not_refused") {
+        return;
+    }
+    let Some(object) = netns::xdp_object("pins_from_another_capacity_are_replaced_not_refused") else { return };
+    let pair = pair();
+    let v4: SocketAddr = format!("{SERVER_V4}:7447").parse().unwrap();
+    let bpffs = BpfFs::new();
+    let dir = bpffs.dir.clone();
+    // An earlier build left a ban map of another capacity pinned.
+    std::fs::create_dir_all(&dir).expect("pin dir");
+    {
+        let mut loader = aya::EbpfLoader::new();
+        loader.map_pin_path("BAN_V4", dir.join("BAN_V4")).map_max_entries("BAN_V4", 1000);
+        let _old = loader.load_file(&object).expect("load the object with a smaller ban map");
+    }
+    assert!(dir.join("BAN_V4").exists(), "the old map is pinned");
+    let cfg = XdpConfig {
+        enabled: true,
+        interface: None,
+        attach_mode: AttachMode::Auto,
+        object: Some(object),
+        blacklist: vec![BAD_V4.parse().unwrap()],
+        ..gateway::config::Config::defaults().xdp
+    };
+    let opts = Options { pin_dir: Some(dir.clone()), ..Options::for_listen(v4) };
+    let (d, _l) = pair.server.run(move || (Defense::start_with(&cfg, v4, opts), TcpListener::bind(v4).expect("bind v4")));
+    assert!(matches!(d.enforcement(), Enforcement::Xdp { .. }), "incompatible pins must be migrated, not refused: {:?}", d.enforcement());
+    assert_dropped(&pair, BAD_V4, v4, "static ban after the migration");
+    assert_connects(&pair, GOOD_V4, v4, "others pass");
+    drop(d);
+    Defense::detach_pinned(&dir).expect("detach");
+}

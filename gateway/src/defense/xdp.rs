@@ -282,7 +282,23 @@ impl Kernel {
         rules: &[Rule],
         pins: Option<&Path>,
     ) -> Result<Kernel, XdpError> {
-        let mut k = Kernel::load(object, policy, rules, pins)?;
+        let mut k = match (Kernel::load(object, policy, rules, pins), pins) {
+            // Migration: the pins come from a build with another map layout or
+            // capacity. Their entries cannot be carried over field by field,
+            // and need not be: the ban store and the config re-apply every ban
+            // at start. Replace them (the old link goes with them, so the
+            // kernel is unprotected for the few ms until the new one attaches)
+            // instead of refusing XDP until someone runs `gateway xdp detach`.
+            (Err(XdpError::Pin(pins::PinError::Incompatible { path, what, found, expected })), Some(dir)) => {
+                tracing::warn!(
+                    pin = %path.display(), what, found, expected,
+                    "pinned XDP maps have another layout or capacity: replacing them (bans are re-applied from the ban store and config)"
+                );
+                pins::remove_all(dir)?;
+                Kernel::load(object, policy, rules, pins)?
+            }
+            (r, _) => r?,
+        };
         k.mode = match pins {
             Some(dir) => k.attach_pinned(interface, mode, dir)?,
             None => k.attach(interface, mode)?.0,
