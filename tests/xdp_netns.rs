@@ -408,3 +408,119 @@ fn pins_from_another_capacity_are_replaced_not_refused() {
     drop(d);
     Defense::detach_pinned(&dir).expect("detach");
 }
+
+/// Internet checksum over `data` (ones' complement sum of 16-bit words).
+fn csum(data: &[u8], initial: u32) -> u16 {
+    let mut sum = initial;
+    for pair in data.chunks(2) {
+        let word = if pair.len() == 2 { u16::from_be_bytes([pair[0], pair[1]]) } else { u16::from_be_bytes([pair[0], 0]) };
+        sum += word as u32;
+    }
+    while sum > 0xffff {
+        sum = (sum & 0xffff) + (sum >> 16);
+    }
+    !(sum as u16)
+}
+
+/// An IPv4 TCP SYN from `src:sport` to `dst`, checksums filled in.
+fn raw_syn(src: std::net::Ipv4Addr, sport: u16, dst: SocketAddr) -> Vec<u8> {
+    let SocketAddr::V4(dst) = dst else { panic!("v4 only") };
+    let mut tcp = vec![0u8; 20];
+    tcp[0..2].copy_from_slice(&sport.to_be_bytes());
+    tcp[2..4].copy_from_slice(&dst.port().to_be_bytes());
+    tcp[4..8].copy_from_slice(&(sport as u32 * 7919).to_be_bytes());
+    tcp[12] = 5 << 4;
+    tcp[13] = 0x02; // SYN
+    tcp[14..16].copy_from_slice(&64240u16.to_be_bytes());
+    let mut pseudo = Vec::with_capacity(12);
+    pseudo.extend_from_slice(&src.octets());
+    pseudo.extend_from_slice(&dst.ip().octets());
+    pseudo.extend_from_slice(&[0, 6, 0, 20]);
+    let pseudo_sum: u32 = pseudo.chunks(2).map(|w| u16::from_be_bytes([w[0], w[1]]) as u32).sum();
+    let c = csum(&tcp, pseudo_sum);
+    tcp[16..18].copy_from_slice(&c.to_be_bytes());
+    let mut ip = vec![0u8; 20];
+    ip[0] = 0x45;
+    ip[2..4].copy_from_slice(&40u16.to_be_bytes());
+    ip[8] = 64;
+    ip[9] = 6;
+    ip[12..16].copy_from_slice(&src.octets());
+    ip[16..20].copy_from_slice(&dst.ip().octets());
+    let c = csum(&ip, 0);
+    ip[10..12].copy_from_slice(&c.to_be_bytes());
+    ip.extend_from_slice(&tcp);
+    ip
+}
+
+fn syncookies_sent(pair: &VethPair) -> u64 {
+    let out = pair.server.command("cat").arg("/proc/net/netstat").output().expect("read netstat");
+    let text = String::from_utf8_lossy(&out.stdout);
+    let lines: Vec<&str> = text.lines().filter(|l| l.starts_with("TcpExt:")).collect();
+    assert_eq!(lines.len(), 2, "TcpExt header and values in /proc/net/netstat");
+    let names: Vec<&str> = lines[0].split_whitespace().collect();
+    let values: Vec<&str> = lines[1].split_whitespace().collect();
+    let i = names.iter().position(|n| *n == "SyncookiesSent").expect("SyncookiesSent counter");
+    values[i].parse().expect("number")
+}
+
+#[test]
+fn legitimate_clients_connect_through_a_spoofed_syn_flood_with_syncookies() {
+    if !netns::privileged("legitimate_clients_connect_through_a_spoofed_syn_flood_with_syncookies") {
+        return;
+    }
+    let Some(object) = netns::xdp_object("legitimate_clients_connect_through_a_spoofed_syn_flood_with_syncookies") else { return };
+    let pair = pair();
+    let v4: SocketAddr = format!("{SERVER_V4}:7448").parse().unwrap();
+    // Server side: cookies on, a small SYN queue the flood will overflow,
+    // loose reverse-path filtering (the spoofed sources have no route back),
+    // and a route for them towards the client namespace, which drops the
+    // SYN-ACKs (not its addresses, no forwarding) as the internet would.
+    for (k, v) in [
+        ("net.ipv4.tcp_syncookies", "1"),
+        ("net.ipv4.tcp_max_syn_backlog", "128"),
+        ("net.ipv4.conf.all.rp_filter", "0"),
+        (&format!("net.ipv4.conf.{}.rp_filter", pair.server_if), "0"),
+    ] {
+        let ok = pair.server.command("sysctl").args(["-qw", &format!("{k}={v}")]).status().expect("sysctl").success();
+        assert!(ok, "sysctl {k}={v} in the server namespace");
+    }
+    pair.server.ip(&["route", "add", "10.0.0.0/8", "via", GOOD_V4]);
+    let cfg = XdpConfig {
+        enabled: true,
+        interface: None,
+        attach_mode: AttachMode::Auto,
+        object: Some(object),
+        blacklist: vec![BAD_V4.parse().unwrap()],
+        ..gateway::config::Config::defaults().xdp
+    };
+    // The per-source SYN limit is on: every spoofed source is new, so each
+    // first SYN passes it and lands on the SYN queue, as in a real flood.
+    let policy = KernelPolicy { syn_limit: Some(SynLimit { rate_per_sec: 1, burst: 1 }), ..KernelPolicy::for_port(7448) };
+    let opts = Options { policy, pin_dir: None };
+    let (d, _listener) = pair.server.run(move || (Defense::start_with(&cfg, v4, opts), TcpListener::bind(v4).expect("bind")));
+    assert!(matches!(d.enforcement(), Enforcement::Xdp { .. }), "{:?}", d.enforcement());
+    let cookies_before = syncookies_sent(&pair);
+
+    // 20,000 SYNs from distinct spoofed 10.x sources, sent raw from the client namespace.
+    let sent = pair.client.run(move || {
+        let s = Socket::new(Domain::IPV4, Type::RAW, Some(socket2::Protocol::from(libc::IPPROTO_RAW))).expect("raw socket");
+        let mut sent = 0u32;
+        for i in 0..20_000u32 {
+            let src = std::net::Ipv4Addr::from(0x0a00_0000 | (i + 1));
+            let pkt = raw_syn(src, 1024 + (i % 60_000) as u16, v4);
+            if s.send_to(&pkt, &SocketAddr::new(v4.ip(), 0).into()).is_ok() {
+                sent += 1;
+            }
+        }
+        sent
+    });
+    assert!(sent > 19_000, "flood sent only {sent} SYNs");
+    // While the spoofed half-open entries fill the queue, honest clients get in.
+    for _ in 0..5 {
+        assert_connects(&pair, GOOD_V4, v4, "a legitimate client during a spoofed SYN flood");
+    }
+    assert_dropped(&pair, BAD_V4, v4, "a banned source stays dropped during the flood");
+    let cookies = syncookies_sent(&pair) - cookies_before;
+    assert!(cookies > 0, "the flood should have overflowed the SYN queue into syncookies");
+    drop(d);
+}
