@@ -22,7 +22,9 @@ async fn connection_flood_auto_bans_the_source_and_spares_others() {
     let flooder = "127.0.0.7";
     let mut held = Vec::new();
     for i in 0..5 {
-        let c = connect_from(flooder.parse().unwrap(), n.addr(), &n.tls).await.unwrap_or_else(|e| panic!("connection {i} is within the limit: {e}"));
+        let c = connect_from(flooder.parse().unwrap(), n.addr(), &n.tls)
+            .await
+            .unwrap_or_else(|e| panic!("connection {i} is within the limit: {e}"));
         held.push(c);
     }
     // The sixth is over the limit: closed, and the source banned.
@@ -44,7 +46,10 @@ async fn connection_flood_auto_bans_the_source_and_spares_others() {
     assert!(stats["xdp"]["counters"]["drop_ban_exact"].as_u64() >= Some(1), "accept-time drops are counted: {stats}");
     // The audit log names the detector.
     let (_, audit) = n.admin.get("/v1/audit").await;
-    assert!(audit.as_array().unwrap().iter().any(|e| e["who"] == "detector:conn_rate" && e["target"] == flooder), "{audit}");
+    assert!(
+        audit.as_array().unwrap().iter().any(|e| e["who"] == "detector:conn_rate" && e["target"] == flooder),
+        "{audit}"
+    );
     n.stop().await;
 }
 
@@ -139,7 +144,10 @@ async fn concurrent_and_prelogin_sockets_per_source_are_bounded() {
     let mut b = tcp_from(src, n.addr()).await;
     let mut c = tcp_from(src, n.addr()).await;
     assert!(closed_by_server(&mut c, T).await, "third pre-login socket from one source is closed");
-    assert!(!closed_by_server(&mut a, Duration::from_millis(200)).await && !closed_by_server(&mut b, Duration::from_millis(200)).await);
+    assert!(
+        !closed_by_server(&mut a, Duration::from_millis(200)).await
+            && !closed_by_server(&mut b, Duration::from_millis(200)).await
+    );
     // Another source is unaffected.
     let (_x, _) = n.login_from("127.0.0.12", "x").await.expect("other source");
     // Free the pre-login slots; a logged-in session counts only as open.
@@ -161,7 +169,9 @@ async fn at_the_global_cap_new_connections_are_told_to_try_another_node() {
     let state = TempDir::new("abuse-cap");
     let mut n = BanNode::start(&state, |c| c.listen.max_connections = 1).await;
     let (_first, _) = n.login_from("127.0.0.1", "first").await.expect("first login");
-    let mut second = connect_from("127.0.0.2".parse().unwrap(), n.addr(), &n.tls).await.expect("TLS still completes for the busy reply");
+    let mut second = connect_from("127.0.0.2".parse().unwrap(), n.addr(), &n.tls)
+        .await
+        .expect("TLS still completes for the busy reply");
     match second.recv_timeout(T).await {
         Ok((_, Message::Error { code, message })) => {
             assert_eq!(code, Code::ServerBusy as u16);
@@ -207,7 +217,8 @@ async fn an_auto_ban_never_replaces_a_staff_ban() {
     .await;
     let src = "127.0.0.13";
     // Staff are watching this source in monitor mode, permanently.
-    let (s, _) = n.admin.post("/v1/bans", serde_json::json!({"target": src, "reason": "watching", "mode": "monitor"})).await;
+    let (s, _) =
+        n.admin.post("/v1/bans", serde_json::json!({"target": src, "reason": "watching", "mode": "monitor"})).await;
     assert_eq!(s, 201);
     for _ in 0..4 {
         let _ = n.login_from(src, "w").await;

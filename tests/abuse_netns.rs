@@ -63,7 +63,9 @@ fn conn_rate_auto_ban_is_enforced_by_xdp() {
         // Same rule as `netns::privileged`: CI must run it, a plain
         // `cargo test` on a laptop skips it loudly.
         None if std::env::var_os("CI").is_some() => {
-            panic!("GATEWAY_XDP_OBJECT is not set: run these tests through `cargo xtask test`, which builds gateway-xdp.o")
+            panic!(
+                "GATEWAY_XDP_OBJECT is not set: run these tests through `cargo xtask test`, which builds gateway-xdp.o"
+            )
         }
         None => {
             println!("SKIPPED: conn_rate_auto_ban_is_enforced_by_xdp: GATEWAY_XDP_OBJECT is not set (use `cargo xtask test`)");
@@ -122,7 +124,8 @@ fn conn_rate_auto_ban_is_enforced_by_xdp() {
     }
 
     for i in 0..3 {
-        connect(&pair, FLOOD, listen, Duration::from_secs(3)).unwrap_or_else(|e| panic!("connection {i} is within the rate: {e}"));
+        connect(&pair, FLOOD, listen, Duration::from_secs(3))
+            .unwrap_or_else(|e| panic!("connection {i} is within the rate: {e}"));
     }
     // The fourth completes its handshake in the kernel but is closed, and the
     // source is banned into the kernel map.
@@ -149,4 +152,3 @@ impl Drop for Guard {
         let _ = self.0.wait();
     }
 }
-

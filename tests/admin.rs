@@ -42,7 +42,10 @@ fn refuses_to_start_on_a_public_address_without_tokens() {
     assert!(errs.iter().any(|e| e.key == "admin.tokens" && e.message.contains("loopback")), "{errs:?}");
     let mut raw = gateway::config::RawConfig::default();
     raw.admin.listen = "0.0.0.0:7081".into();
-    let ok = raw.validate(&gateway::config::Overrides { admin_tokens: Some(vec!["ops:0123456789abcdef0123".into()]), ..Default::default() });
+    let ok = raw.validate(&gateway::config::Overrides {
+        admin_tokens: Some(vec!["ops:0123456789abcdef0123".into()]),
+        ..Default::default()
+    });
     assert!(ok.is_ok(), "tokens from the environment count: {:?}", ok.err());
 }
 
@@ -67,7 +70,13 @@ async fn bad_input_is_a_400_with_a_message() {
         let msg = v["error"].as_str().unwrap_or_default();
         assert!(msg.contains(needle), "{body}: error should mention {needle:?}: {msg}");
     }
-    let (s, v) = n.admin.post("/v1/bans/bulk", json!({"bans": [{"target": "192.0.2.1", "reason": "ok"}, {"target": "nope", "reason": "x"}]})).await;
+    let (s, v) = n
+        .admin
+        .post(
+            "/v1/bans/bulk",
+            json!({"bans": [{"target": "192.0.2.1", "reason": "ok"}, {"target": "nope", "reason": "x"}]}),
+        )
+        .await;
     assert_eq!(s, 400, "{v}");
     assert!(v["error"].as_str().unwrap().contains("bans[1]"), "{v}");
     assert!(n.admin.targets().await.is_empty(), "a bad bulk request applies nothing");
@@ -78,7 +87,8 @@ async fn bad_input_is_a_400_with_a_message() {
     let (s, _) = n.admin.delete("/v1/bans/192.0.2.200").await;
     assert_eq!(s, 404);
     // A forced /0 is accepted (in monitor mode, so this test's client is safe).
-    let (s, v) = n.admin.post("/v1/bans", json!({"target": "::/0", "reason": "drill", "force": true, "mode": "monitor"})).await;
+    let (s, v) =
+        n.admin.post("/v1/bans", json!({"target": "::/0", "reason": "drill", "force": true, "mode": "monitor"})).await;
     assert_eq!(s, 201, "{v}");
     n.stop().await;
 }
@@ -111,27 +121,43 @@ async fn uid_ban_kicks_live_sessions_and_refuses_logins_then_unban_restores() {
     // Kick (no ban): the session is closed, a new login works.
     let (s, v) = n.admin.post("/v1/kick", json!({"uid": "dave", "reason": "support request"})).await;
     assert_eq!((s, v["kicked"].as_u64()), (200, Some(1)), "{v}");
-    assert!(matches!(dave.recv_timeout(T).await, Ok((_, Message::Kick { code, .. })) if code == Code::KickedByAdmin as u16));
+    assert!(
+        matches!(dave.recv_timeout(T).await, Ok((_, Message::Kick { code, .. })) if code == Code::KickedByAdmin as u16)
+    );
     // Every change is in the audit log with who, what and why.
     let (_, audit) = n.admin.get("/v1/audit").await;
     let entries: Vec<(String, String, String, String)> = audit
         .as_array()
         .unwrap()
         .iter()
-        .map(|e| (e["who"].as_str().unwrap().into(), e["action"].as_str().unwrap().into(), e["target"].as_str().unwrap().into(), e["reason"].as_str().unwrap().into()))
+        .map(|e| {
+            (
+                e["who"].as_str().unwrap().into(),
+                e["action"].as_str().unwrap().into(),
+                e["target"].as_str().unwrap().into(),
+                e["reason"].as_str().unwrap().into(),
+            )
+        })
         .collect();
     for want in [
         ("alice", "ban.add", "uid:carol", "spam"),
         ("alice", "ban.remove", "uid:carol", "appeal accepted"),
         ("alice", "kick", "uid:dave", "support request"),
     ] {
-        assert!(entries.iter().any(|e| (e.0.as_str(), e.1.as_str(), e.2.as_str(), e.3.as_str()) == want), "missing {want:?} in {entries:?}");
+        assert!(
+            entries.iter().any(|e| (e.0.as_str(), e.1.as_str(), e.2.as_str(), e.3.as_str()) == want),
+            "missing {want:?} in {entries:?}"
+        );
     }
     // ... and in the file, one JSON object per line.
     let file = n.config.admin.audit_file.clone();
     eventually(T, "audit file written", || {
         let file = file.clone();
-        async move { std::fs::read_to_string(&file).map(|t| t.lines().filter(|l| l.contains("\"ban.remove\"")).count() == 1).unwrap_or(false) }
+        async move {
+            std::fs::read_to_string(&file)
+                .map(|t| t.lines().filter(|l| l.contains("\"ban.remove\"")).count() == 1)
+                .unwrap_or(false)
+        }
     })
     .await;
     n.stop().await;
@@ -181,14 +207,26 @@ async fn bans_survive_a_restart_and_expire_on_time() {
     n.stop().await;
 
     let mut n = BanNode::start(&state, |_| {}).await;
-    assert_eq!(n.admin.targets().await, vec!["127.0.6.6", "127.0.7.7", "uid:erin"], "every ban is back after the restart");
+    assert_eq!(
+        n.admin.targets().await,
+        vec!["127.0.6.6", "127.0.7.7", "uid:erin"],
+        "every ban is back after the restart"
+    );
     assert!(n.refused_from("127.0.6.6").await, "and enforced before anything else happens");
-    assert!(matches!(n.login_from("127.0.0.1", "erin").await, Err(ClientError::Refused { code, .. }) if code == Code::Banned as u16));
+    assert!(
+        matches!(n.login_from("127.0.0.1", "erin").await, Err(ClientError::Refused { code, .. }) if code == Code::Banned as u16)
+    );
     // The 2s ban lifts by itself, here and in the file.
-    eventually(Duration::from_secs(6), "ttl ban expired", || async { !n.admin.targets().await.contains(&"127.0.7.7".to_string()) }).await;
+    eventually(Duration::from_secs(6), "ttl ban expired", || async {
+        !n.admin.targets().await.contains(&"127.0.7.7".to_string())
+    })
+    .await;
     n.login_from("127.0.7.7", "free").await.expect("expired ban no longer blocks");
     let (_, audit) = n.admin.get("/v1/audit").await;
-    assert!(audit.as_array().unwrap().iter().any(|e| e["action"] == "ban.expire" && e["target"] == "127.0.7.7"), "{audit}");
+    assert!(
+        audit.as_array().unwrap().iter().any(|e| e["action"] == "ban.expire" && e["target"] == "127.0.7.7"),
+        "{audit}"
+    );
     n.stop().await;
     let n = BanNode::start(&state, |_| {}).await;
     assert_eq!(n.admin.targets().await, vec!["127.0.6.6", "uid:erin"]);

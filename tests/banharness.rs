@@ -48,7 +48,10 @@ impl BanNode {
         let gw = gateway::server::start(config.clone()).await.expect("gateway starts");
         let ca = gw.dev_ca_file.clone().expect("dev cert generated");
         let tls = TlsOptions::from_ca_file(&ca, "localhost").expect("client TLS config");
-        let secret = gateway::state::resolve_secret(&config.auth, &config.node.state_dir).expect("secret").expect("HS256 secret").0;
+        let secret = gateway::state::resolve_secret(&config.auth, &config.node.state_dir)
+            .expect("secret")
+            .expect("HS256 secret")
+            .0;
         let admin = Admin::new(gw.admin_addr.expect("admin API enabled"), Some(ALICE_TOKEN));
         BanNode { gw: Some(gw), config, tls, secret, admin }
     }
@@ -68,7 +71,9 @@ impl BanNode {
     /// TLS connect from `src` and log in as `uid`.
     pub async fn login_from(&self, src: &str, uid: &str) -> Result<(Client, LoginInfo), ClientError> {
         let mut c = connect_from(src.parse().expect("source ip"), self.addr(), &self.tls).await?;
-        let info = tokio::time::timeout(Duration::from_secs(5), c.login(&self.token(uid))).await.map_err(|_| ClientError::Timeout)??;
+        let info = tokio::time::timeout(Duration::from_secs(5), c.login(&self.token(uid)))
+            .await
+            .map_err(|_| ClientError::Timeout)??;
         Ok((c, info))
     }
 
@@ -87,15 +92,18 @@ impl BanNode {
 
 /// TCP from a chosen source address, then TLS.
 pub async fn connect_from(src: IpAddr, addr: SocketAddr, tls: &TlsOptions) -> Result<Client, ClientError> {
-    let sock = if src.is_ipv4() { tokio::net::TcpSocket::new_v4() } else { tokio::net::TcpSocket::new_v6() }.map_err(ClientError::Io)?;
+    let sock = if src.is_ipv4() { tokio::net::TcpSocket::new_v4() } else { tokio::net::TcpSocket::new_v6() }
+        .map_err(ClientError::Io)?;
     sock.bind(SocketAddr::new(src, 0)).map_err(ClientError::Io)?;
     let tcp = sock.connect(addr).await.map_err(|source| ClientError::Connect { addr, source })?;
     let _ = tcp.set_nodelay(true);
-    let name = ServerName::try_from(tls.server_name.clone()).map_err(|_| ClientError::ServerName(tls.server_name.clone()))?;
-    let stream = tokio::time::timeout(Duration::from_secs(5), TlsConnector::from(tls.config.clone()).connect(name, tcp))
-        .await
-        .map_err(|_| ClientError::Timeout)?
-        .map_err(ClientError::Tls)?;
+    let name =
+        ServerName::try_from(tls.server_name.clone()).map_err(|_| ClientError::ServerName(tls.server_name.clone()))?;
+    let stream =
+        tokio::time::timeout(Duration::from_secs(5), TlsConnector::from(tls.config.clone()).connect(name, tcp))
+            .await
+            .map_err(|_| ClientError::Timeout)?
+            .map_err(ClientError::Tls)?;
     let io: Box<dyn Io> = Box::new(stream);
     Ok(Client::over(io))
 }
@@ -161,7 +169,12 @@ impl Admin {
     pub async fn targets(&self) -> Vec<String> {
         let (s, v) = self.get("/v1/bans").await;
         assert_eq!(s, 200, "list bans: {v}");
-        let mut t: Vec<String> = v["bans"].as_array().expect("bans array").iter().map(|b| b["target"].as_str().unwrap_or_default().to_string()).collect();
+        let mut t: Vec<String> = v["bans"]
+            .as_array()
+            .expect("bans array")
+            .iter()
+            .map(|b| b["target"].as_str().unwrap_or_default().to_string())
+            .collect();
         t.sort();
         t
     }

@@ -59,13 +59,21 @@ async fn a_ban_on_one_node_is_enforced_by_the_other_and_expiry_lifts_it_on_both(
         Ok((_, Message::Kick { code, .. })) => assert_eq!(code, Code::Banned as u16),
         other => panic!("expected KICK banned on node b, got {other:?}"),
     }
-    assert!(matches!(b.login_from("127.0.0.1", "frank").await, Err(ClientError::Refused { code, .. }) if code == Code::Banned as u16));
+    assert!(
+        matches!(b.login_from("127.0.0.1", "frank").await, Err(ClientError::Refused { code, .. }) if code == Code::Banned as u16)
+    );
     let (_, ban) = b.admin.get("/v1/bans/127.0.8.0/24").await;
     assert_eq!(ban["by"], "alice", "who made it travels with the ban: {ban}");
 
     // Expiry (3s) lifts the network ban on both nodes, and etcd drops the key.
-    eventually(Duration::from_secs(6), "expired on a", || async { !a.admin.targets().await.contains(&"127.0.8.0/24".to_string()) }).await;
-    eventually(Duration::from_secs(2), "expired on b", || async { !b.admin.targets().await.contains(&"127.0.8.0/24".to_string()) }).await;
+    eventually(Duration::from_secs(6), "expired on a", || async {
+        !a.admin.targets().await.contains(&"127.0.8.0/24".to_string())
+    })
+    .await;
+    eventually(Duration::from_secs(2), "expired on b", || async {
+        !b.admin.targets().await.contains(&"127.0.8.0/24".to_string())
+    })
+    .await;
     a.login_from("127.0.8.9", "after-a").await.expect("lifted on a");
     b.login_from("127.0.8.9", "after-b").await.expect("lifted on b");
     eventually(Duration::from_secs(8), "etcd lease removed the key", || async {
@@ -110,7 +118,10 @@ async fn etcd_outage_keeps_enforcement_and_local_bans_reach_the_cluster_later() 
     // ... survives a restart of b while etcd is still down ...
     b.stop().await;
     let mut b = BanNode::start_config(b.config.clone()).await;
-    assert!(b.refused_from("127.0.10.1").await && b.refused_from("127.0.10.2").await, "restart with etcd down loses nothing");
+    assert!(
+        b.refused_from("127.0.10.1").await && b.refused_from("127.0.10.2").await,
+        "restart with etcd down loses nothing"
+    );
 
     // ... and reaches a once etcd is back.
     etcd.restart().await;

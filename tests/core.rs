@@ -74,7 +74,8 @@ async fn login_ack_carries_node_session_and_interval_then_heartbeat_is_acked() {
 async fn bad_token_gets_token_invalid_and_close() {
     let gw = TestGateway::start(|_| {}).await;
     let mut c = gw.connect().await;
-    let forged = gateway::auth::mint_hs256(b"not-the-node-secret-at-all", "mallory", None, Duration::from_secs(60)).unwrap();
+    let forged =
+        gateway::auth::mint_hs256(b"not-the-node-secret-at-all", "mallory", None, Duration::from_secs(60)).unwrap();
     c.send(Message::Login { token: forged }).await.unwrap();
     expect_error_then_close(&mut c, Code::TokenInvalid).await;
     let mut c = gw.connect().await;
@@ -180,7 +181,9 @@ async fn unknown_op_and_bad_version_are_errors_then_close() {
     let (mut c, _) = gw.login("bob", None).await;
     let seq = c.send(Message::Kick { code: 1, message: "hi".into() }).await.unwrap();
     match c.recv_timeout(T).await {
-        Ok((s, Message::Error { code, .. })) => assert_eq!((s, code), (seq, Code::UnexpectedOp as u16), "ERROR echoes the seq"),
+        Ok((s, Message::Error { code, .. })) => {
+            assert_eq!((s, code), (seq, Code::UnexpectedOp as u16), "ERROR echoes the seq")
+        }
         other => panic!("expected ERROR unexpected_op, got {other:?}"),
     }
     expect_closed(&mut c).await;
@@ -270,7 +273,8 @@ async fn push_is_delivered_acked_or_offline() {
     let (mut acker, _) = gw.login("acker", None).await;
     let (mut lazy, _) = gw.login("lazy", None).await;
 
-    let (status, r) = gw.post("/v1/push", json!({"uids": ["acker", "nobody"], "payload": "hello", "from": "svc"})).await;
+    let (status, r) =
+        gw.post("/v1/push", json!({"uids": ["acker", "nobody"], "payload": "hello", "from": "svc"})).await;
     assert_eq!(status, 200, "{r}");
     assert_eq!(r["results"][0]["status"], "delivered");
     assert_eq!(r["results"][1]["status"], "offline");
@@ -293,7 +297,8 @@ async fn push_is_delivered_acked_or_offline() {
     assert_eq!(r["results"][0]["status"], "acked", "{r}");
 
     // A client that reads but never acks: written, then the ack wait times out.
-    let (_, r) = gw.post("/v1/push", json!({"uids": ["lazy"], "payload": "p", "wait_ack": true, "timeout_ms": 300})).await;
+    let (_, r) =
+        gw.post("/v1/push", json!({"uids": ["lazy"], "payload": "p", "wait_ack": true, "timeout_ms": 300})).await;
     assert_eq!(r["results"][0]["status"], "timeout", "{r}");
     expect_push(&mut lazy).await;
     assert_eq!(gw.metric("gateway_pushes_total{result=\"acked\"}").await, 1);

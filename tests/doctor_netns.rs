@@ -3,7 +3,6 @@
 
 use gateway_tests::netns::{self, NetNs};
 
-
 fn sysctl_in(ns: &NetNs, name: &str) -> String {
     let out = ns.command("sysctl").args(["-n", name]).output().expect("sysctl");
     String::from_utf8_lossy(&out.stdout).trim().to_string()

@@ -53,7 +53,8 @@ async fn emfile_backs_off_and_existing_sessions_keep_working() {
     drop(held);
     set_soft_nofile(old);
     // Once descriptors free up, new clients get in again (after at most one backoff step).
-    let (mut bob, _) = tokio::time::timeout(Duration::from_secs(10), gw.login("bob", None)).await.expect("login after recovery");
+    let (mut bob, _) =
+        tokio::time::timeout(Duration::from_secs(10), gw.login("bob", None)).await.expect("login after recovery");
     bob.heartbeat().await.unwrap();
     assert!(matches!(bob.recv_timeout(Duration::from_secs(5)).await, Ok((_, Message::HeartbeatAck))));
 }

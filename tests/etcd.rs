@@ -37,7 +37,11 @@ fn free_port() -> u16 {
 
 fn etcd_bin() -> PathBuf {
     let p = std::env::var_os("ETCD_BIN").map(PathBuf::from).unwrap_or_else(|| PathBuf::from("/usr/bin/etcd"));
-    assert!(p.exists(), "{} not found: install etcd (Debian: apt-get install -y etcd-server) or set ETCD_BIN", p.display());
+    assert!(
+        p.exists(),
+        "{} not found: install etcd (Debian: apt-get install -y etcd-server) or set ETCD_BIN",
+        p.display()
+    );
     p
 }
 
@@ -45,7 +49,13 @@ impl Etcd {
     pub async fn start() -> Etcd {
         let data = TempDir::new("etcd");
         let (client_port, peer_port) = (free_port(), free_port());
-        let mut e = Etcd { child: None, endpoint: format!("http://127.0.0.1:{client_port}"), client_port, peer_port, _data: data };
+        let mut e = Etcd {
+            child: None,
+            endpoint: format!("http://127.0.0.1:{client_port}"),
+            client_port,
+            peer_port,
+            _data: data,
+        };
         e.spawn();
         e.wait_ready().await;
         e
@@ -62,7 +72,14 @@ impl Etcd {
             .arg(format!("--initial-advertise-peer-urls=http://127.0.0.1:{p}"))
             .arg(format!("--initial-cluster=test=http://127.0.0.1:{p}"))
             .stdout(Stdio::null())
-            .stderr(std::fs::OpenOptions::new().create(true).append(true).open(self.log()).map(Stdio::from).unwrap_or_else(|_| Stdio::null()))
+            .stderr(
+                std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(self.log())
+                    .map(Stdio::from)
+                    .unwrap_or_else(|_| Stdio::null()),
+            )
             .spawn()
             .expect("start etcd");
         self.child = Some(child);
@@ -91,7 +108,11 @@ impl Etcd {
             if Instant::now() > deadline || exited.is_some() {
                 let log = std::fs::read_to_string(self.log()).unwrap_or_default();
                 let tail: Vec<&str> = log.lines().rev().take(30).collect();
-                panic!("etcd on {} did not become ready ({exited:?}); its log ends:\n{}", self.endpoint, tail.into_iter().rev().collect::<Vec<_>>().join("\n"));
+                panic!(
+                    "etcd on {} did not become ready ({exited:?}); its log ends:\n{}",
+                    self.endpoint,
+                    tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+                );
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
@@ -131,7 +152,12 @@ impl Etcd {
             .expect("etcd JSON");
         r["kvs"]
             .as_array()
-            .map(|kvs| kvs.iter().filter_map(|kv| b64.decode(kv["key"].as_str()?).ok()).map(|k| String::from_utf8_lossy(&k).into_owned()).collect())
+            .map(|kvs| {
+                kvs.iter()
+                    .filter_map(|kv| b64.decode(kv["key"].as_str()?).ok())
+                    .map(|k| String::from_utf8_lossy(&k).into_owned())
+                    .collect()
+            })
             .unwrap_or_default()
     }
 }

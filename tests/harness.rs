@@ -117,9 +117,21 @@ impl TestGateway {
 
     /// The value of one metrics line, e.g. `gateway_logins_total{result="ok"}`.
     pub async fn metric(&self, series: &str) -> u64 {
-        let text = self.http.get(format!("{}/metrics", self.api)).send().await.expect("GET /metrics").text().await.expect("text");
+        let text = self
+            .http
+            .get(format!("{}/metrics", self.api))
+            .send()
+            .await
+            .expect("GET /metrics")
+            .text()
+            .await
+            .expect("text");
         text.lines()
-            .find_map(|l| l.strip_prefix(series).and_then(|rest| rest.strip_prefix(' ')).map(|v| v.trim().parse().expect("number")))
+            .find_map(|l| {
+                l.strip_prefix(series)
+                    .and_then(|rest| rest.strip_prefix(' '))
+                    .map(|v| v.trim().parse().expect("number"))
+            })
             .unwrap_or_else(|| panic!("metric {series} not found in:\n{text}"))
     }
 

@@ -1,5 +1,5 @@
 //! Test harness shared by the integration tests.
-pub mod netns;
-pub mod harness;
 pub mod banharness;
 pub mod etcd;
+pub mod harness;
+pub mod netns;

@@ -61,7 +61,8 @@ pub fn unique(tag: &str) -> String {
 
 /// Runs `ip ARGS`, panicking with its stderr on failure.
 pub fn ip(args: &[&str]) {
-    let out = Command::new("ip").args(args).output().unwrap_or_else(|e| panic!("cannot run `ip {}`: {e}", args.join(" ")));
+    let out =
+        Command::new("ip").args(args).output().unwrap_or_else(|e| panic!("cannot run `ip {}`: {e}", args.join(" ")));
     assert!(out.status.success(), "`ip {}` failed: {}", args.join(" "), String::from_utf8_lossy(&out.stderr).trim());
 }
 
@@ -153,7 +154,18 @@ impl VethPair {
         let server_if = unique("vs");
         let client_if = unique("vc");
         ip(&[
-            "link", "add", &server_if, "netns", server.name(), "type", "veth", "peer", "name", &client_if, "netns", client.name(),
+            "link",
+            "add",
+            &server_if,
+            "netns",
+            server.name(),
+            "type",
+            "veth",
+            "peer",
+            "name",
+            &client_if,
+            "netns",
+            client.name(),
         ]);
         server.ip(&["addr", "add", &format!("{server_addr}/24"), "dev", &server_if]);
         server.ip(&["link", "set", &server_if, "up"]);

@@ -129,7 +129,9 @@ fn defense_drops_blacklisted_sources_on_veth() {
     assert!(counters(&defense)["pass_allowlist"] >= 1);
 
     // Monitor mode: a would-drop is counted but passes.
-    defense.add_rule(Rule { monitor: true, ..Rule::ban(IpNet::host(BAD_V6.parse().unwrap())) }).expect("switch to monitor");
+    defense
+        .add_rule(Rule { monitor: true, ..Rule::ban(IpNet::host(BAD_V6.parse().unwrap())) })
+        .expect("switch to monitor");
     assert_connects(&pair, BAD_V6, v6, "monitor-mode ban only counts");
     assert!(counters(&defense)["monitor_ban_exact"] >= 1, "{:?}", counters(&defense));
 
@@ -149,9 +151,17 @@ fn syn_limiter_drops_connection_bursts_over_the_limit() {
     let pair = pair();
     let v4: SocketAddr = format!("{SERVER_V4}:7447").parse().unwrap();
     let other: SocketAddr = format!("{SERVER_V4}:7448").parse().unwrap();
-    let cfg = XdpConfig { enabled: true, interface: None, attach_mode: AttachMode::Auto, object: Some(object), blacklist: Vec::new(), ..gateway::config::Config::defaults().xdp };
+    let cfg = XdpConfig {
+        enabled: true,
+        interface: None,
+        attach_mode: AttachMode::Auto,
+        object: Some(object),
+        blacklist: Vec::new(),
+        ..gateway::config::Config::defaults().xdp
+    };
     // Rate 0: no refill at all during the test, so the count is exact.
-    let policy = KernelPolicy { syn_limit: Some(SynLimit { rate_per_sec: 0, burst: 3 }), ..KernelPolicy::for_port(v4.port()) };
+    let policy =
+        KernelPolicy { syn_limit: Some(SynLimit { rate_per_sec: 0, burst: 3 }), ..KernelPolicy::for_port(v4.port()) };
     let opts = Options { policy, pin_dir: None };
     let (defense, _l, _o) = pair.server.run(move || {
         let d = Defense::start_with(&cfg, v4, opts);
@@ -179,7 +189,8 @@ impl BpfFs {
     fn new() -> BpfFs {
         let mount = std::env::temp_dir().join(netns::unique("gwbpf"));
         std::fs::create_dir_all(&mount).expect("mount point");
-        let st = std::process::Command::new("mount").args(["-t", "bpf", "bpf"]).arg(&mount).status().expect("run mount");
+        let st =
+            std::process::Command::new("mount").args(["-t", "bpf", "bpf"]).arg(&mount).status().expect("run mount");
         assert!(st.success(), "cannot mount a BPF filesystem at {}", mount.display());
         let dir = mount.join("im-gateway").join("node-1");
         BpfFs { mount, dir }
@@ -245,9 +256,16 @@ fn pinned_state_outlives_the_process_and_detach_removes_it() {
     let second = pair.server.run(move || Defense::start_with(&second_cfg, v4, second_opts));
     assert!(matches!(second.enforcement(), Enforcement::Xdp { .. }), "{:?}", second.enforcement());
     let bans = second.list();
-    assert!(bans.contains(&BAD_V6.parse().unwrap()) && bans.contains(&BAD_V4.parse().unwrap()), "previous state adopted: {bans:?}");
+    assert!(
+        bans.contains(&BAD_V6.parse().unwrap()) && bans.contains(&BAD_V4.parse().unwrap()),
+        "previous state adopted: {bans:?}"
+    );
     assert!(second.is_blocked(BAD_V6.parse().unwrap()), "the mirror knows adopted bans");
-    assert!(counters(&second)["drop_ban_exact"] >= drops_before + 2, "pinned counters continue: {:?}", counters(&second));
+    assert!(
+        counters(&second)["drop_ban_exact"] >= drops_before + 2,
+        "pinned counters continue: {:?}",
+        counters(&second)
+    );
     assert!(second.remove(BAD_V4.parse().unwrap()).expect("remove adopted ban"));
     assert_connects(&pair, BAD_V4, v4, "adopted ban removed");
     assert_dropped(&pair, BAD_V6, v6, "still banned after the restart");
@@ -255,7 +273,10 @@ fn pinned_state_outlives_the_process_and_detach_removes_it() {
 
     // `gateway xdp detach`: link and maps unpinned, program gone.
     let removed = Defense::detach_pinned(&dir).expect("detach");
-    assert!(removed.iter().any(|p| p.file_name().is_some_and(|n| n.to_string_lossy().starts_with("link_"))), "{removed:?}");
+    assert!(
+        removed.iter().any(|p| p.file_name().is_some_and(|n| n.to_string_lossy().starts_with("link_"))),
+        "{removed:?}"
+    );
     assert!(!dir.exists(), "pin folder removed");
     assert_connects(&pair, BAD_V6, v6, "program detached");
 }
@@ -296,9 +317,12 @@ fn gateway_binary_enforces_static_blacklist_with_xdp() {
     );
     // Collect both output streams; look for the defense's log line.
     let (tx, rx) = std::sync::mpsc::channel::<String>();
-    for stream in [child.0.stdout.take().map(|s| Box::new(s) as Box<dyn std::io::Read + Send>), child.0.stderr.take().map(|s| Box::new(s) as _)]
-        .into_iter()
-        .flatten()
+    for stream in [
+        child.0.stdout.take().map(|s| Box::new(s) as Box<dyn std::io::Read + Send>),
+        child.0.stderr.take().map(|s| Box::new(s) as _),
+    ]
+    .into_iter()
+    .flatten()
     {
         let tx = tx.clone();
         std::thread::spawn(move || {
@@ -373,7 +397,6 @@ impl Drop for Guard {
     }
 }
 
-
 #[test]
 fn pins_from_another_capacity_are_replaced_not_refused() {
     if !netns::privileged("pins_from_another_capacity_are_replaced_not_refused") {
@@ -401,8 +424,13 @@ fn pins_from_another_capacity_are_replaced_not_refused() {
         ..gateway::config::Config::defaults().xdp
     };
     let opts = Options { pin_dir: Some(dir.clone()), ..Options::for_listen(v4) };
-    let (d, _l) = pair.server.run(move || (Defense::start_with(&cfg, v4, opts), TcpListener::bind(v4).expect("bind v4")));
-    assert!(matches!(d.enforcement(), Enforcement::Xdp { .. }), "incompatible pins must be migrated, not refused: {:?}", d.enforcement());
+    let (d, _l) =
+        pair.server.run(move || (Defense::start_with(&cfg, v4, opts), TcpListener::bind(v4).expect("bind v4")));
+    assert!(
+        matches!(d.enforcement(), Enforcement::Xdp { .. }),
+        "incompatible pins must be migrated, not refused: {:?}",
+        d.enforcement()
+    );
     assert_dropped(&pair, BAD_V4, v4, "static ban after the migration");
     assert_connects(&pair, GOOD_V4, v4, "others pass");
     drop(d);
@@ -413,7 +441,8 @@ fn pins_from_another_capacity_are_replaced_not_refused() {
 fn csum(data: &[u8], initial: u32) -> u16 {
     let mut sum = initial;
     for pair in data.chunks(2) {
-        let word = if pair.len() == 2 { u16::from_be_bytes([pair[0], pair[1]]) } else { u16::from_be_bytes([pair[0], 0]) };
+        let word =
+            if pair.len() == 2 { u16::from_be_bytes([pair[0], pair[1]]) } else { u16::from_be_bytes([pair[0], 0]) };
         sum += word as u32;
     }
     while sum > 0xffff {
@@ -468,7 +497,10 @@ fn legitimate_clients_connect_through_a_spoofed_syn_flood_with_syncookies() {
     if !netns::privileged("legitimate_clients_connect_through_a_spoofed_syn_flood_with_syncookies") {
         return;
     }
-    let Some(object) = netns::xdp_object("legitimate_clients_connect_through_a_spoofed_syn_flood_with_syncookies") else { return };
+    let Some(object) = netns::xdp_object("legitimate_clients_connect_through_a_spoofed_syn_flood_with_syncookies")
+    else {
+        return;
+    };
     let pair = pair();
     let v4: SocketAddr = format!("{SERVER_V4}:7448").parse().unwrap();
     // Server side: cookies on, a small SYN queue the flood will overflow,
@@ -495,15 +527,18 @@ fn legitimate_clients_connect_through_a_spoofed_syn_flood_with_syncookies() {
     };
     // The per-source SYN limit is on: every spoofed source is new, so each
     // first SYN passes it and lands on the SYN queue, as in a real flood.
-    let policy = KernelPolicy { syn_limit: Some(SynLimit { rate_per_sec: 1, burst: 1 }), ..KernelPolicy::for_port(7448) };
+    let policy =
+        KernelPolicy { syn_limit: Some(SynLimit { rate_per_sec: 1, burst: 1 }), ..KernelPolicy::for_port(7448) };
     let opts = Options { policy, pin_dir: None };
-    let (d, _listener) = pair.server.run(move || (Defense::start_with(&cfg, v4, opts), TcpListener::bind(v4).expect("bind")));
+    let (d, _listener) =
+        pair.server.run(move || (Defense::start_with(&cfg, v4, opts), TcpListener::bind(v4).expect("bind")));
     assert!(matches!(d.enforcement(), Enforcement::Xdp { .. }), "{:?}", d.enforcement());
     let cookies_before = syncookies_sent(&pair);
 
     // 20,000 SYNs from distinct spoofed 10.x sources, sent raw from the client namespace.
     let sent = pair.client.run(move || {
-        let s = Socket::new(Domain::IPV4, Type::RAW, Some(socket2::Protocol::from(libc::IPPROTO_RAW))).expect("raw socket");
+        let s =
+            Socket::new(Domain::IPV4, Type::RAW, Some(socket2::Protocol::from(libc::IPPROTO_RAW))).expect("raw socket");
         let mut sent = 0u32;
         for i in 0..20_000u32 {
             let src = std::net::Ipv4Addr::from(0x0a00_0000 | (i + 1));

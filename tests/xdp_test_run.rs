@@ -107,7 +107,8 @@ impl Prog {
     /// Loads the program, or None when the test must skip (see `skip`).
     fn load(policy: KernelPolicy, rules: &[Rule]) -> Prog {
         let object = object_path().expect("skip() checked the object exists");
-        let k = Kernel::load(&object, &policy, rules, None).unwrap_or_else(|e| panic!("loading {}: {e}", object.display()));
+        let k =
+            Kernel::load(&object, &policy, rules, None).unwrap_or_else(|e| panic!("loading {}: {e}", object.display()));
         Prog { k }
     }
 
@@ -121,9 +122,20 @@ impl Prog {
         let before = self.counters();
         let got = self.k.test_run(frame).unwrap_or_else(|e| panic!("{what}: test run failed: {e}"));
         let after = self.counters();
-        let moved: Vec<(&str, u64)> =
-            after.iter().filter(|(n, v)| before[*n] != **v && !n.starts_with("verdict_")).map(|(n, v)| (*n, v - before[*n])).collect();
-        let name = |a| if a == XDP_DROP { "DROP" } else if a == XDP_PASS { "PASS" } else { "other" };
+        let moved: Vec<(&str, u64)> = after
+            .iter()
+            .filter(|(n, v)| before[*n] != **v && !n.starts_with("verdict_"))
+            .map(|(n, v)| (*n, v - before[*n]))
+            .collect();
+        let name = |a| {
+            if a == XDP_DROP {
+                "DROP"
+            } else if a == XDP_PASS {
+                "PASS"
+            } else {
+                "other"
+            }
+        };
         assert_eq!(got, action, "{what}: expected {} got {} (reasons moved: {moved:?})", name(action), name(got));
         assert_eq!(moved, vec![(reason, 1)], "{what}: expected exactly one `{reason}`");
         let verdict = if action == XDP_DROP { "verdict_drop" } else { "verdict_pass" };
@@ -173,9 +185,24 @@ fn bans_by_family_vlan_and_mapping() {
     p.expect("v4-mapped v6 of a banned v4", &eth6(&ipv6("::ffff:192.0.2.66", 6, &syn)), XDP_DROP, "drop_ban_exact");
     p.expect("v4-mapped v6 of a clean v4", &eth6(&ipv6("::ffff:203.0.113.10", 6, &syn)), XDP_PASS, "pass_no_match");
     p.expect("1 VLAN tag", &eth(&[0x8100], 0x0800, &ipv4(BANNED, 6, 0, &syn)), XDP_DROP, "drop_ban_exact");
-    p.expect("2 VLAN tags (QinQ)", &eth(&[0x88a8, 0x8100], 0x86dd, &ipv6(BANNED6, 6, &syn)), XDP_DROP, "drop_ban_exact");
-    p.expect("2 VLAN tags, clean", &eth(&[0x88a8, 0x8100], 0x0800, &ipv4(CLEAN, 6, 0, &syn)), XDP_PASS, "pass_no_match");
-    p.expect("3 VLAN tags", &eth(&[0x88a8, 0x8100, 0x8100], 0x0800, &ipv4(CLEAN, 6, 0, &syn)), XDP_DROP, "malformed_vlan_depth");
+    p.expect(
+        "2 VLAN tags (QinQ)",
+        &eth(&[0x88a8, 0x8100], 0x86dd, &ipv6(BANNED6, 6, &syn)),
+        XDP_DROP,
+        "drop_ban_exact",
+    );
+    p.expect(
+        "2 VLAN tags, clean",
+        &eth(&[0x88a8, 0x8100], 0x0800, &ipv4(CLEAN, 6, 0, &syn)),
+        XDP_PASS,
+        "pass_no_match",
+    );
+    p.expect(
+        "3 VLAN tags",
+        &eth(&[0x88a8, 0x8100, 0x8100], 0x0800, &ipv4(CLEAN, 6, 0, &syn)),
+        XDP_DROP,
+        "malformed_vlan_depth",
+    );
     p.expect("ARP", &eth(&[], 0x0806, &[0; 28]), XDP_PASS, "pass_non_ip");
     p.expect("ARP behind a VLAN tag", &eth(&[0x8100], 0x0806, &[0; 28]), XDP_PASS, "pass_non_ip");
 }
@@ -205,7 +232,12 @@ fn cidr_allowlist_and_monitor() {
     p.expect("monitor entry", &eth6(&ipv6(BANNED6, 6, &syn)), XDP_PASS, "monitor_ban_exact");
     // A monitor exact entry inside an enforcing CIDR: the CIDR still drops.
     p.k.insert(&Rule { monitor: true, ..Rule::ban(IpNet::host("198.51.100.8".parse().unwrap())) }).unwrap();
-    p.expect("monitor exact inside enforcing CIDR", &eth4(&ipv4("198.51.100.8", 6, 0, &syn)), XDP_DROP, "drop_ban_cidr");
+    p.expect(
+        "monitor exact inside enforcing CIDR",
+        &eth4(&ipv4("198.51.100.8", 6, 0, &syn)),
+        XDP_DROP,
+        "drop_ban_cidr",
+    );
 
     // Global monitor: every would-drop passes under its monitor reason.
     p.k.set_policy(&KernelPolicy { monitor: true, ..policy() }).unwrap();
@@ -235,7 +267,10 @@ fn truncated_headers_at_every_layer() {
     if skip("truncated_headers_at_every_layer") {
         return;
     }
-    let mut p = Prog::load(KernelPolicy { syn_limit: Some(SynLimit { rate_per_sec: 1000, burst: 1000 }), ..policy() }, &rules());
+    let mut p = Prog::load(
+        KernelPolicy { syn_limit: Some(SynLimit { rate_per_sec: 1000, burst: 1000 }), ..policy() },
+        &rules(),
+    );
     let syn = tcp(PORT, SYN);
     let full4 = eth4(&ipv4(CLEAN, 6, 0, &syn));
     let full6 = eth6(&ipv6(CLEAN6, 6, &syn));
@@ -267,7 +302,12 @@ fn truncated_headers_at_every_layer() {
     // With malformed = pass, the same frames pass under the same reasons.
     p.k.set_policy(&KernelPolicy { drop_malformed: false, ..policy() }).unwrap();
     p.expect("IPv4 header cut, pass policy", &full4[..14 + 19], XDP_PASS, "malformed_ipv4");
-    p.expect("3 VLAN tags, pass policy", &eth(&[0x8100, 0x8100, 0x8100], 0x0800, &[]), XDP_PASS, "malformed_vlan_depth");
+    p.expect(
+        "3 VLAN tags, pass policy",
+        &eth(&[0x8100, 0x8100, 0x8100], 0x0800, &[]),
+        XDP_PASS,
+        "malformed_vlan_depth",
+    );
 }
 
 #[test]
@@ -311,7 +351,12 @@ fn ipv6_extension_headers_and_fragments() {
     p.expect("v4 fragment from banned source", &eth4(&ipv4(BANNED, 6, 100, &[0; 16])), XDP_DROP, "drop_ban_exact");
     p.k.set_policy(&KernelPolicy { drop_fragments: true, syn_limit: Some(limit), ..policy() }).unwrap();
     p.expect("v4 non-first fragment, drop policy", &eth4(&ipv4(CLEAN, 6, 100, &[0; 16])), XDP_DROP, "fragment");
-    p.expect("v6 non-first fragment, drop policy", &eth6(&ipv6("2001:db8::30", 44, &frag6(6, 100))), XDP_DROP, "fragment");
+    p.expect(
+        "v6 non-first fragment, drop policy",
+        &eth6(&ipv6("2001:db8::30", 44, &frag6(6, 100))),
+        XDP_DROP,
+        "fragment",
+    );
 }
 
 #[test]
@@ -329,9 +374,24 @@ fn syn_limiter_counts_only_pure_syns_to_listening_ports() {
     p.expect("SYN-ACK is not a new connection", &f(PORT, SYN | ACK), XDP_PASS, "pass_no_match");
     p.expect("ACK", &f(PORT, ACK), XDP_PASS, "pass_no_match");
     p.expect("SYN to another port", &f(PORT + 1, SYN), XDP_PASS, "pass_no_match");
-    p.expect("another source has its own bucket", &eth4(&ipv4("203.0.113.41", 6, 0, &tcp(PORT, SYN))), XDP_PASS, "pass_no_match");
-    p.expect("v4-mapped v6 shares the v4 bucket", &eth6(&ipv6("::ffff:203.0.113.40", 6, &tcp(PORT, SYN))), XDP_DROP, "drop_syn_rate");
-    p.expect("allowlisted source is never limited", &eth4(&ipv4("198.51.100.7", 6, 0, &tcp(PORT, SYN))), XDP_PASS, "pass_allowlist");
+    p.expect(
+        "another source has its own bucket",
+        &eth4(&ipv4("203.0.113.41", 6, 0, &tcp(PORT, SYN))),
+        XDP_PASS,
+        "pass_no_match",
+    );
+    p.expect(
+        "v4-mapped v6 shares the v4 bucket",
+        &eth6(&ipv6("::ffff:203.0.113.40", 6, &tcp(PORT, SYN))),
+        XDP_DROP,
+        "drop_syn_rate",
+    );
+    p.expect(
+        "allowlisted source is never limited",
+        &eth4(&ipv4("198.51.100.7", 6, 0, &tcp(PORT, SYN))),
+        XDP_PASS,
+        "pass_allowlist",
+    );
     // Refill: 1 token per second.
     std::thread::sleep(Duration::from_millis(1100));
     p.expect("SYN after refill", &f(PORT, SYN), XDP_PASS, "pass_no_match");
@@ -362,7 +422,11 @@ fn spoofed_syn_flood_churning_the_lru_never_lets_a_ban_through() {
             passed += 1;
         }
         if i % 10_000 == 0 {
-            assert_eq!(p.k.test_run(&banned).expect("test run"), XDP_DROP, "banned source let through after {i} churning SYNs");
+            assert_eq!(
+                p.k.test_run(&banned).expect("test run"),
+                XDP_DROP,
+                "banned source let through after {i} churning SYNs"
+            );
         }
     }
     assert_eq!(passed, 100_000, "each new source's first SYN passes");
@@ -409,10 +473,20 @@ fn drop_events_carry_source_and_reason_and_are_off_by_default() {
     udp[2..4].copy_from_slice(&53u16.to_be_bytes());
     p.expect("banned v4", &banned4, XDP_DROP, "drop_ban_exact");
     p.expect("clean v4", &eth4(&ipv4(CLEAN, 6, 0, &syn)), XDP_PASS, "pass_no_match");
-    p.expect("banned v6 behind QinQ", &eth(&[0x88a8, 0x8100], 0x86dd, &ipv6(BANNED6, 6, &syn)), XDP_DROP, "drop_ban_exact");
+    p.expect(
+        "banned v6 behind QinQ",
+        &eth(&[0x88a8, 0x8100], 0x86dd, &ipv6(BANNED6, 6, &syn)),
+        XDP_DROP,
+        "drop_ban_exact",
+    );
     p.expect("v4-mapped v6 of a banned v4", &eth6(&ipv6("::ffff:192.0.2.66", 6, &syn)), XDP_DROP, "drop_ban_exact");
     p.expect("banned CIDR, UDP", &eth4(&ipv4("198.51.100.9", 17, 0, &udp)), XDP_DROP, "drop_ban_cidr");
-    p.expect("non-first fragment of a banned source", &eth4(&ipv4(BANNED, 6, 0x0010, &syn)), XDP_DROP, "drop_ban_exact");
+    p.expect(
+        "non-first fragment of a banned source",
+        &eth4(&ipv4(BANNED, 6, 0x0010, &syn)),
+        XDP_DROP,
+        "drop_ban_exact",
+    );
     p.expect("VLAN tag cut", &eth(&[0x8100], 0x0800, &[])[..16], XDP_DROP, "malformed_l2");
     let got = events::drain(&mut ring, 100);
     let summary: Vec<(Option<IpAddr>, &str, Option<(u16, u16)>, bool)> =
@@ -440,7 +514,10 @@ fn drop_events_carry_source_and_reason_and_are_off_by_default() {
     p.expect("banned v4, monitor", &banned4, XDP_PASS, "monitor_ban_exact");
     let got = events::drain(&mut ring, 100);
     assert_eq!(got.len(), 1, "{got:?}");
-    assert_eq!((got[0].source, got[0].reason.map(|r| r.name()), got[0].dropped), (ip(BANNED), Some("monitor_ban_exact"), false));
+    assert_eq!(
+        (got[0].source, got[0].reason.map(|r| r.name()), got[0].dropped),
+        (ip(BANNED), Some("monitor_ban_exact"), false)
+    );
 
     // Off again: nothing.
     p.k.set_policy(&policy()).unwrap();
@@ -502,9 +579,24 @@ fn userspace_rules_agree_with_the_kernel() {
         Rule::ban("10.1.2.3".parse().unwrap()),
     ]);
     let sources = [
-        CLEAN, BANNED, "198.51.100.7", "198.51.100.8", "203.0.113.1", "203.0.113.20", "203.0.113.200", "10.1.2.3",
-        "::ffff:192.0.2.66", "::ffff:203.0.113.1", "::ffff:10.1.2.3", BANNED6, CLEAN6, "2001:db8:bad::1",
-        "2001:db8:bad:1::1", "2001:db8:1::5", "2001:db8:1::6", "2001:db8:2::1",
+        CLEAN,
+        BANNED,
+        "198.51.100.7",
+        "198.51.100.8",
+        "203.0.113.1",
+        "203.0.113.20",
+        "203.0.113.200",
+        "10.1.2.3",
+        "::ffff:192.0.2.66",
+        "::ffff:203.0.113.1",
+        "::ffff:10.1.2.3",
+        BANNED6,
+        CLEAN6,
+        "2001:db8:bad::1",
+        "2001:db8:bad:1::1",
+        "2001:db8:1::5",
+        "2001:db8:1::6",
+        "2001:db8:2::1",
     ];
     for monitor in [false, true] {
         let policy = KernelPolicy { monitor, ..policy() };
@@ -552,16 +644,33 @@ impl Rng {
 /// at any byte and single-byte corruption.
 fn random_frame(r: &mut Rng) -> Vec<u8> {
     let v4_sources = [CLEAN, BANNED, "198.51.100.7", "198.51.100.8", "203.0.113.5", "203.0.113.200"];
-    let v6_sources = [CLEAN6, BANNED6, "::ffff:192.0.2.66", "::ffff:203.0.113.5", "2001:db8:bad::1", "2001:db8:bad:1::1", "2001:db8:1::5"];
+    let v6_sources = [
+        CLEAN6,
+        BANNED6,
+        "::ffff:192.0.2.66",
+        "::ffff:203.0.113.5",
+        "2001:db8:bad::1",
+        "2001:db8:bad:1::1",
+        "2001:db8:1::5",
+    ];
     let tcp_part = |r: &mut Rng| {
-        let flags = { let x = r.below(256) as u8; r.pick(&[SYN, SYN, SYN | ACK, ACK, SYN | 0x04, x]) };
+        let flags = {
+            let x = r.below(256) as u8;
+            r.pick(&[SYN, SYN, SYN | ACK, ACK, SYN | 0x04, x])
+        };
         let port = r.pick(&[PORT, PORT, PORT + 1]);
         tcp(port, flags)
     };
     let l3 = match r.below(10) {
         0..=4 => {
-            let proto = { let x = r.below(256) as u8; r.pick(&[6u8, 6, 17, x]) };
-            let frag = { let x = r.below(65536) as u16; r.pick(&[0u16, 0, 0x4000, 0x2000, 100, x]) };
+            let proto = {
+                let x = r.below(256) as u8;
+                r.pick(&[6u8, 6, 17, x])
+            };
+            let frag = {
+                let x = r.below(65536) as u16;
+                r.pick(&[0u16, 0, 0x4000, 0x2000, 100, x])
+            };
             let payload = if proto == 6 { tcp_part(r) } else { vec![0; 8] };
             let mut h = ipv4(r.pick(&v4_sources), proto, frag, &payload);
             if r.chance(15) {
@@ -581,7 +690,10 @@ fn random_frame(r: &mut Rng) -> Vec<u8> {
                 }
                 prev_next_at = Some(rest.len());
                 match kind {
-                    44 => rest.extend(frag6(0, { let x = r.below(8192) as u16; r.pick(&[0, 0, 1, x]) })),
+                    44 => rest.extend(frag6(0, {
+                        let x = r.below(8192) as u16;
+                        r.pick(&[0, 0, 1, x])
+                    })),
                     51 => rest.extend([0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]), // AH, (1+2)*4 = 12 bytes
                     _ => {
                         let units = r.pick(&[0u8, 0, 1]);
@@ -603,7 +715,13 @@ fn random_frame(r: &mut Rng) -> Vec<u8> {
             }
             (0x86ddu16, ipv6(r.pick(&v6_sources), first.unwrap_or(last), &rest))
         }
-        _ => ({ let x = r.below(65536) as u16; r.pick(&[0x0806u16, 0x88cc, x]) }, vec![0; 28]),
+        _ => (
+            {
+                let x = r.below(65536) as u16;
+                r.pick(&[0x0806u16, 0x88cc, x])
+            },
+            vec![0; 28],
+        ),
     };
     let tags: Vec<u16> = (0..r.pick(&[0u64, 0, 0, 0, 1, 1, 2, 2, 3])).map(|_| r.pick(&[0x8100u16, 0x88a8])).collect();
     let mut f = eth(&tags, l3.0, &l3.1);
@@ -654,15 +772,31 @@ fn kernel_and_reference_classifier_agree_on_random_frames() {
         let mut seen: std::collections::BTreeMap<&str, usize> = Default::default();
         for i in 0..frames {
             let frame = random_frame(&mut rng);
-            let want = Classifier { rules: &set, policy: &policy, syn: buckets.as_mut() }.classify(&frame, Instant::now());
+            let want =
+                Classifier { rules: &set, policy: &policy, syn: buckets.as_mut() }.classify(&frame, Instant::now());
             let what = format!("policy {pi}, frame {i} (seed {seed:#x}): {frame:02x?}");
             p.expect(&what, &frame, if want.drop { XDP_DROP } else { XDP_PASS }, want.reason.name());
             *seen.entry(want.reason.name()).or_default() += 1;
         }
         println!("policy {pi}: reasons seen {seen:?}");
         // The generator must reach the interesting paths, or agreement means little.
-        let bans = if policy.monitor { ["monitor_ban_exact", "monitor_ban_cidr"] } else { ["drop_ban_exact", "drop_ban_cidr"] };
-        for reason in ["pass_no_match", "pass_allowlist", "fragment", "malformed_ipv4", "malformed_ipv6", "malformed_tcp", "pass_non_ip"].into_iter().chain(bans) {
+        let bans = if policy.monitor {
+            ["monitor_ban_exact", "monitor_ban_cidr"]
+        } else {
+            ["drop_ban_exact", "drop_ban_cidr"]
+        };
+        for reason in [
+            "pass_no_match",
+            "pass_allowlist",
+            "fragment",
+            "malformed_ipv4",
+            "malformed_ipv6",
+            "malformed_tcp",
+            "pass_non_ip",
+        ]
+        .into_iter()
+        .chain(bans)
+        {
             if reason == "malformed_tcp" && policy.syn_limit.is_none() {
                 continue;
             }

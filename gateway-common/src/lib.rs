@@ -229,7 +229,8 @@ pub enum EventStat {
 
 impl EventStat {
     pub const COUNT: u32 = EventStat::RateLimited as u32 + 1;
-    pub const ALL: [EventStat; EventStat::COUNT as usize] = [EventStat::Emitted, EventStat::Lost, EventStat::RateLimited];
+    pub const ALL: [EventStat; EventStat::COUNT as usize] =
+        [EventStat::Emitted, EventStat::Lost, EventStat::RateLimited];
 
     /// Stable snake_case name, used as a Prometheus label value.
     pub const fn name(self) -> &'static str {

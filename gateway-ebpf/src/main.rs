@@ -34,11 +34,10 @@ use aya_ebpf::{
     programs::XdpContext,
 };
 use gateway_common::{
-    AllowEntry, BanEntry, Counter, DropEvent, EventBucket, EventStat, RuntimeConfig, SynBucket,
-    Verdict, ALLOW_CAPACITY, BAN_CIDR_CAPACITY, BAN_EXACT_CAPACITY, CFG_FLAG_EVENTS,
-    CFG_FLAG_MONITOR, CFG_FLAG_SYN_LIMIT, DROP_EVENTS_BYTES, EVENTS_MAX_PER_SEC,
-    EVENT_TOKEN_SCALE, LISTEN_PORTS_CAPACITY, MAX_IPV6_EXT_HEADERS, SYN_BUCKETS_CAPACITY,
-    SYN_TOKEN_SCALE,
+    AllowEntry, BanEntry, Counter, DropEvent, EventBucket, EventStat, RuntimeConfig, SynBucket, Verdict,
+    ALLOW_CAPACITY, BAN_CIDR_CAPACITY, BAN_EXACT_CAPACITY, CFG_FLAG_EVENTS, CFG_FLAG_MONITOR, CFG_FLAG_SYN_LIMIT,
+    DROP_EVENTS_BYTES, EVENTS_MAX_PER_SEC, EVENT_TOKEN_SCALE, LISTEN_PORTS_CAPACITY, MAX_IPV6_EXT_HEADERS,
+    SYN_BUCKETS_CAPACITY, SYN_TOKEN_SCALE,
 };
 
 // Map names equal the statics' names; gateway-common's MAP_* constants spell
@@ -60,8 +59,7 @@ static BAN_CIDR_V4: LpmTrie<[u8; 4], BanEntry> = LpmTrie::with_max_entries(BAN_C
 #[map]
 static BAN_CIDR_V6: LpmTrie<[u8; 16], BanEntry> = LpmTrie::with_max_entries(BAN_CIDR_CAPACITY, 0);
 #[map]
-static SYN_BUCKETS: LruHashMap<[u8; 16], SynBucket> =
-    LruHashMap::with_max_entries(SYN_BUCKETS_CAPACITY, 0);
+static SYN_BUCKETS: LruHashMap<[u8; 16], SynBucket> = LruHashMap::with_max_entries(SYN_BUCKETS_CAPACITY, 0);
 #[map]
 static LISTEN_PORTS: HashMap<u16, u8> = HashMap::with_max_entries(LISTEN_PORTS_CAPACITY, 0);
 #[map]
@@ -425,11 +423,7 @@ fn ipv6(ctx: &XdpContext, cfg: &RuntimeConfig, off: usize, seen: &mut Seen) -> O
     seen.proto = h[6];
     seen.l4 = off + IPV6_HLEN;
     let mapped = src[..10].iter().all(|b| *b == 0) && src[10] == 0xff && src[11] == 0xff;
-    let decided = if mapped {
-        source_v4([src[12], src[13], src[14], src[15]])
-    } else {
-        source_v6(&src)
-    };
+    let decided = if mapped { source_v4([src[12], src[13], src[14], src[15]]) } else { source_v6(&src) };
     let monitor = match decided {
         Source::Decided(o) => return o,
         Source::Continue(m) => m,

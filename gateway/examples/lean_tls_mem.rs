@@ -111,7 +111,10 @@ fn main() {
             let mut held = Vec::with_capacity(n);
             for _ in 0..n {
                 let tcp = TcpStream::connect(addr).await.expect("connect");
-                let mut tls = connector.connect(ServerName::try_from("localhost").expect("name"), tcp).await.expect("client handshake");
+                let mut tls = connector
+                    .connect(ServerName::try_from("localhost").expect("name"), tcp)
+                    .await
+                    .expect("client handshake");
                 tls.write_all(b"hello").await.expect("client write");
                 tls.flush().await.expect("client flush");
                 let mut back = [0u8; 5];
@@ -135,7 +138,9 @@ fn main() {
         for _ in 0..n {
             let (tcp, _) = listener.accept().await.expect("accept");
             let mut s = match kind.as_str() {
-                "lean" => Session::Lean(Box::new(gateway::tls::lean::accept(server_cfg.clone(), tcp).await.expect("lean handshake"))),
+                "lean" => Session::Lean(Box::new(
+                    gateway::tls::lean::accept(server_cfg.clone(), tcp).await.expect("lean handshake"),
+                )),
                 _ => Session::Rustls(Box::new(acceptor.accept(tcp).await.expect("rustls handshake"))),
             };
             let mut buf = [0u8; 5];

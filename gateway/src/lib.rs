@@ -22,13 +22,13 @@
 
 pub mod abuse;
 pub mod admin;
+pub mod api;
+pub mod auth;
 pub mod bans;
+pub mod client;
 pub mod config;
 pub mod defense;
 pub mod doctor;
-pub mod api;
-pub mod auth;
-pub mod client;
 pub mod heartbeat;
 pub mod load;
 pub mod metrics;

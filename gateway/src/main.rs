@@ -288,7 +288,9 @@ async fn serve(a: ServeArgs) -> anyhow::Result<()> {
         eprintln!("dev certificate (trust this in clients): {}", ca.display());
     }
     match gw.admin_addr {
-        Some(admin) => eprintln!("listening: tls={} push_api=http://{} admin_api=http://{admin}", gw.addr, gw.push_api_addr),
+        Some(admin) => {
+            eprintln!("listening: tls={} push_api=http://{} admin_api=http://{admin}", gw.addr, gw.push_api_addr)
+        }
         None => eprintln!("listening: tls={} push_api=http://{}", gw.addr, gw.push_api_addr),
     }
     wait_for_signal().await?;
@@ -309,7 +311,12 @@ async fn wait_for_signal() -> anyhow::Result<()> {
 }
 
 /// TLS settings for the client-side commands: trust `ca`, else the dev certificate.
-fn client_tls(plaintext: bool, ca: Option<&std::path::Path>, server_name: &str, cfg: &ConfigArgs) -> anyhow::Result<Option<TlsOptions>> {
+fn client_tls(
+    plaintext: bool,
+    ca: Option<&std::path::Path>,
+    server_name: &str,
+    cfg: &ConfigArgs,
+) -> anyhow::Result<Option<TlsOptions>> {
     if plaintext {
         return Ok(None);
     }
@@ -317,7 +324,8 @@ fn client_tls(plaintext: bool, ca: Option<&std::path::Path>, server_name: &str, 
         Some(c) => c.to_path_buf(),
         None => cfg.load()?.node.state_dir.join(gateway::state::DEV_CERT_FILE),
     };
-    let opts = TlsOptions::from_ca_file(&ca, server_name).with_context(|| format!("loading CA file {}", ca.display()))?;
+    let opts =
+        TlsOptions::from_ca_file(&ca, server_name).with_context(|| format!("loading CA file {}", ca.display()))?;
     Ok(Some(opts))
 }
 
@@ -326,7 +334,9 @@ fn secret_for(cfg: &ConfigArgs) -> anyhow::Result<Vec<u8>> {
     let resolved = gateway::state::resolve_secret(&config.auth, &config.node.state_dir)?;
     match resolved {
         Some((secret, _)) => Ok(secret),
-        None => bail!("auth.algorithm is not HS256: tokens for RS256/ES256 are minted by your login service, not the gateway"),
+        None => bail!(
+            "auth.algorithm is not HS256: tokens for RS256/ES256 are minted by your login service, not the gateway"
+        ),
     }
 }
 
@@ -350,7 +360,9 @@ fn token(a: TokenArgs) -> anyhow::Result<()> {
 async fn client(a: ClientArgs) -> anyhow::Result<()> {
     let token = match (&a.token, &a.uid) {
         (Some(t), _) => t.clone(),
-        (None, Some(uid)) => gateway::auth::mint_hs256(&secret_for(&a.config)?, uid, a.device.as_deref(), Duration::from_secs(3600))?,
+        (None, Some(uid)) => {
+            gateway::auth::mint_hs256(&secret_for(&a.config)?, uid, a.device.as_deref(), Duration::from_secs(3600))?
+        }
         (None, None) => bail!("give --token, or --uid to mint a dev token from the configured secret"),
     };
     let tls = client_tls(a.plaintext, a.ca.as_deref(), &a.server_name, &a.config)?;
@@ -471,11 +483,14 @@ async fn push_bench(a: PushBenchArgs) -> anyhow::Result<()> {
 
 fn doctor(a: DoctorArgs) -> anyhow::Result<()> {
     let config = a.config.load()?;
-    let findings = gateway::doctor::run(gateway::doctor::recommendations(&config), std::path::Path::new("/proc/sys"), a.apply);
+    let findings =
+        gateway::doctor::run(gateway::doctor::recommendations(&config), std::path::Path::new("/proc/sys"), a.apply);
     print!("{}", gateway::doctor::render(&findings));
     let bad = findings.iter().filter(|f| !f.passed()).count();
     if bad > 0 {
-        bail!("{bad} setting(s) differ from the recommendation (see docs/operations.md, \"Accept queue and SYN floods\")");
+        bail!(
+            "{bad} setting(s) differ from the recommendation (see docs/operations.md, \"Accept queue and SYN floods\")"
+        );
     }
     Ok(())
 }
@@ -491,7 +506,10 @@ fn xdp(a: XdpArgs) -> anyhow::Result<()> {
         }
     };
     if !dir.exists() {
-        anyhow::bail!("nothing is pinned in {} (pinning needs xdp.pin = true on a gateway that loaded XDP)", dir.display());
+        anyhow::bail!(
+            "nothing is pinned in {} (pinning needs xdp.pin = true on a gateway that loaded XDP)",
+            dir.display()
+        );
     }
     match a.action {
         XdpAction::Stats(_) => {
@@ -509,7 +527,8 @@ fn xdp(a: XdpArgs) -> anyhow::Result<()> {
             }
         }
         XdpAction::Detach(_) => {
-            let removed = Defense::detach_pinned(&dir).with_context(|| format!("detaching pins in {}", dir.display()))?;
+            let removed =
+                Defense::detach_pinned(&dir).with_context(|| format!("detaching pins in {}", dir.display()))?;
             if removed.is_empty() {
                 println!("nothing pinned in {}", dir.display());
             }
@@ -591,7 +610,8 @@ enum BanAction {
 
 async fn ban(a: BanArgs) -> anyhow::Result<()> {
     let base = a.admin_url.trim_end_matches('/').to_string();
-    let http = reqwest::Client::builder().timeout(Duration::from_secs(30)).build().context("building the HTTP client")?;
+    let http =
+        reqwest::Client::builder().timeout(Duration::from_secs(30)).build().context("building the HTTP client")?;
     let auth = |r: reqwest::RequestBuilder| match &a.token {
         Some(t) => r.bearer_auth(t),
         None => r,
@@ -602,7 +622,11 @@ async fn ban(a: BanArgs) -> anyhow::Result<()> {
         let v: serde_json::Value = r.json().await.unwrap_or(serde_json::Value::Null);
         if !status.is_success() {
             let msg = v["error"].as_str().map(str::to_string).unwrap_or_else(|| v.to_string());
-            let hint = if status == reqwest::StatusCode::UNAUTHORIZED { " (pass --token or set GATEWAY_ADMIN_TOKEN)" } else { "" };
+            let hint = if status == reqwest::StatusCode::UNAUTHORIZED {
+                " (pass --token or set GATEWAY_ADMIN_TOKEN)"
+            } else {
+                ""
+            };
             bail!("{status}: {msg}{hint}");
         }
         Ok(v)
@@ -618,7 +642,14 @@ async fn ban(a: BanArgs) -> anyhow::Result<()> {
                 .iter()
                 .map(|t| serde_json::json!({ "target": t, "reason": reason, "ttl": ttl, "until": until, "mode": mode, "force": force }))
                 .collect();
-            let v = answer(send(auth(http.post(format!("{}/v1/bans/bulk", a.admin_url.trim_end_matches('/'))).json(&serde_json::json!({ "bans": bans })))).await?).await?;
+            let v = answer(
+                send(auth(
+                    http.post(format!("{}/v1/bans/bulk", a.admin_url.trim_end_matches('/')))
+                        .json(&serde_json::json!({ "bans": bans })),
+                ))
+                .await?,
+            )
+            .await?;
             println!("added {}, replaced {}", v["added"], v["replaced"]);
         }
         BanAction::Rm { targets, reason } => {
@@ -638,7 +669,10 @@ async fn ban(a: BanArgs) -> anyhow::Result<()> {
                     query.push((k, v));
                 }
             }
-            let v = answer(send(auth(http.get(format!("{}/v1/bans", a.admin_url.trim_end_matches('/'))).query(&query))).await?).await?;
+            let v = answer(
+                send(auth(http.get(format!("{}/v1/bans", a.admin_url.trim_end_matches('/'))).query(&query))).await?,
+            )
+            .await?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&v)?);
                 return Ok(());

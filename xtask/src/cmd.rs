@@ -38,7 +38,16 @@ pub fn cargo(dir: &Path) -> Command {
 pub fn nightly_cargo(dir: &Path) -> Command {
     let mut c = Command::new("cargo");
     c.arg("+nightly").current_dir(dir);
-    for v in ["RUSTUP_TOOLCHAIN", "RUSTC", "RUSTC_WRAPPER", "RUSTC_WORKSPACE_WRAPPER", "RUSTFLAGS", "CARGO_ENCODED_RUSTFLAGS", "CARGO_BUILD_TARGET", "CARGO"] {
+    for v in [
+        "RUSTUP_TOOLCHAIN",
+        "RUSTC",
+        "RUSTC_WRAPPER",
+        "RUSTC_WORKSPACE_WRAPPER",
+        "RUSTFLAGS",
+        "CARGO_ENCODED_RUSTFLAGS",
+        "CARGO_BUILD_TARGET",
+        "CARGO",
+    ] {
         c.env_remove(v);
     }
     c

@@ -16,12 +16,22 @@ pub fn build(root: &Path) -> Result<PathBuf> {
     // one `prereqs` verified or built.
     let (linker, _) = prereqs::bpf_linker_path(root).context("no working bpf-linker; run `cargo xtask prereqs`")?;
     let mut c = cmd::nightly_cargo(&root.join("gateway-ebpf"));
-    c.args(["build", "-Z", "build-std=core", "--target", "bpfel-unknown-none", "--release", "--locked", "--target-dir"])
-        .arg(&target_dir)
-        .env("CARGO_TARGET_BPFEL_UNKNOWN_NONE_LINKER", &linker);
+    c.args([
+        "build",
+        "-Z",
+        "build-std=core",
+        "--target",
+        "bpfel-unknown-none",
+        "--release",
+        "--locked",
+        "--target-dir",
+    ])
+    .arg(&target_dir)
+    .env("CARGO_TARGET_BPFEL_UNKNOWN_NONE_LINKER", &linker);
     cmd::run("building the XDP object (cargo +nightly, bpfel-unknown-none)", &mut c)?;
     let object = objects_dir(root).join("gateway-xdp");
-    std::fs::metadata(&object).with_context(|| format!("the eBPF build succeeded but {} is missing", object.display()))?;
+    std::fs::metadata(&object)
+        .with_context(|| format!("the eBPF build succeeded but {} is missing", object.display()))?;
     Ok(object)
 }
 

@@ -36,7 +36,8 @@ pub fn ensure(root: &Path) -> Result<()> {
 }
 
 fn installed(pkg: &str) -> bool {
-    output(Command::new("dpkg-query").args(["-W", "-f=${Status}", pkg])).is_some_and(|s| s.contains("install ok installed"))
+    output(Command::new("dpkg-query").args(["-W", "-f=${Status}", pkg]))
+        .is_some_and(|s| s.contains("install ok installed"))
 }
 
 /// Installs the missing ones among `pkgs` (one `apt-get update` first).
@@ -46,7 +47,12 @@ pub fn apt(pkgs: &[&str]) -> Result<()> {
         step(&format!("apt packages present: {}", pkgs.join(" ")));
         return Ok(());
     }
-    cmd::run("apt-get update", Command::new("apt-get").args(["update", "-q", "-o", "DPkg::Lock::Timeout=600"]).env("DEBIAN_FRONTEND", "noninteractive"))?;
+    cmd::run(
+        "apt-get update",
+        Command::new("apt-get")
+            .args(["update", "-q", "-o", "DPkg::Lock::Timeout=600"])
+            .env("DEBIAN_FRONTEND", "noninteractive"),
+    )?;
     cmd::run(
         &format!("installing {}", missing.join(" ")),
         Command::new("apt-get")
@@ -57,14 +63,19 @@ pub fn apt(pkgs: &[&str]) -> Result<()> {
 }
 
 fn rust_src() -> Result<()> {
-    let Some(installed) = output(Command::new("rustup").args(["component", "list", "--installed", "--toolchain", "nightly"])) else {
+    let Some(installed) =
+        output(Command::new("rustup").args(["component", "list", "--installed", "--toolchain", "nightly"]))
+    else {
         bail!("the nightly toolchain is not installed; it is needed to build the XDP program (`rustup toolchain install nightly --component rust-src`)");
     };
     if installed.lines().any(|l| l.starts_with("rust-src")) {
         step("nightly rust-src present");
         return Ok(());
     }
-    cmd::run("adding rust-src to nightly", Command::new("rustup").args(["component", "add", "rust-src", "--toolchain", "nightly"]))
+    cmd::run(
+        "adding rust-src to nightly",
+        Command::new("rustup").args(["component", "add", "rust-src", "--toolchain", "nightly"]),
+    )
 }
 
 fn tools_dir(root: &Path) -> PathBuf {
@@ -121,7 +132,15 @@ fn bpf_linker(root: &Path) -> Result<()> {
     cmd::run(
         &format!("installing bpf-linker {BPF_LINKER_VERSION} against nightly's LLVM {major} (a few minutes, once)"),
         cmd::nightly_cargo(root)
-            .args(["install", "bpf-linker", "--locked", "--version", BPF_LINKER_VERSION, "--no-default-features", "--features"])
+            .args([
+                "install",
+                "bpf-linker",
+                "--locked",
+                "--version",
+                BPF_LINKER_VERSION,
+                "--no-default-features",
+                "--features",
+            ])
             .arg(format!("llvm-{major}"))
             .arg("--root")
             .arg(tools_dir(root))
@@ -132,7 +151,10 @@ fn bpf_linker(root: &Path) -> Result<()> {
             step(&format!("{v} installed in {}", tools_dir(root).join("bin").display()));
             Ok(())
         }
-        None => bail!("bpf-linker was installed but does not run; check that {} resolves", prefix_lib.join(&libllvm).display()),
+        None => bail!(
+            "bpf-linker was installed but does not run; check that {} resolves",
+            prefix_lib.join(&libllvm).display()
+        ),
     }
 }
 

@@ -33,7 +33,11 @@ fuzz_target!(|data: &[u8]| {
             match codec.decode(&mut buf) {
                 Ok(None) => break,
                 Ok(Some(frame)) => {
-                    assert!(frame.body.len() <= LIMIT, "frame of {} bytes passed a {LIMIT}-byte limit", frame.body.len());
+                    assert!(
+                        frame.body.len() <= LIMIT,
+                        "frame of {} bytes passed a {LIMIT}-byte limit",
+                        frame.body.len()
+                    );
                     if let Ok(msg) = Message::decode(&frame) {
                         check_round_trip(&msg, frame.seq);
                     }

@@ -12,7 +12,10 @@ pub enum RateVerdict {
     Allow,
     /// Over the limit. `first` is true for the first excess connection of the
     /// window, so the caller bans once but refuses every excess connection.
-    Exceeded { count: u32, first: bool },
+    Exceeded {
+        count: u32,
+        first: bool,
+    },
     /// The tracking table is full of live windows; the source was not counted
     /// (the global cap and the kernel's SYN limiter still apply).
     Untracked,
@@ -87,7 +90,10 @@ mod tests {
         let mut r = ConnRate::new(2, w, 16);
         assert_eq!(r.on_connect(src("192.0.2.1"), t0), RateVerdict::Allow);
         assert_eq!(r.on_connect(src("192.0.2.1"), t0 + Duration::from_millis(999)), RateVerdict::Allow);
-        assert!(matches!(r.on_connect(src("192.0.2.1"), t0 + Duration::from_millis(999)), RateVerdict::Exceeded { .. }));
+        assert!(matches!(
+            r.on_connect(src("192.0.2.1"), t0 + Duration::from_millis(999)),
+            RateVerdict::Exceeded { .. }
+        ));
         assert_eq!(r.on_connect(src("192.0.2.1"), t0 + w), RateVerdict::Allow, "a new window starts at t0+1s");
     }
 
@@ -100,7 +106,10 @@ mod tests {
         }
         assert!(matches!(r.on_connect(src("192.0.2.1"), t0), RateVerdict::Exceeded { first: true, .. }));
         for _ in 0..10 {
-            assert!(matches!(r.on_connect(src("192.0.2.1"), t0), RateVerdict::Exceeded { first: false, .. }), "banned once per window");
+            assert!(
+                matches!(r.on_connect(src("192.0.2.1"), t0), RateVerdict::Exceeded { first: false, .. }),
+                "banned once per window"
+            );
         }
     }
 

@@ -19,7 +19,9 @@ pub enum FrameVerdict {
     /// Drop the frame. `notify` is set for the first excess frame of a window
     /// only: answering every dropped frame with an ERROR would let a flood
     /// make us write as fast as it reads.
-    Drop { notify: bool },
+    Drop {
+        notify: bool,
+    },
     /// Strikes exhausted: close the connection.
     Disconnect,
 }

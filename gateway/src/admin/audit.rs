@@ -48,7 +48,13 @@ pub struct AuditLog {
 impl AuditLog {
     pub fn new(node: &str) -> AuditLog {
         let (tx, rx) = mpsc::channel(QUEUE);
-        AuditLog { node: node.to_string(), tx, rx: Mutex::new(Some(rx)), recent: Mutex::new(VecDeque::new()), dropped: AtomicU64::new(0) }
+        AuditLog {
+            node: node.to_string(),
+            tx,
+            rx: Mutex::new(Some(rx)),
+            recent: Mutex::new(VecDeque::new()),
+            dropped: AtomicU64::new(0),
+        }
     }
 
     pub fn record(&self, who: &str, action: &str, target: &str, reason: &str, detail: Option<serde_json::Value>) {

@@ -71,10 +71,16 @@ pub fn router(node: Arc<Node>) -> Router {
 
 pub async fn serve(node: Arc<Node>, listener: TcpListener) {
     if node.config.admin.tokens.is_empty() {
-        tracing::warn!("admin API has no tokens: anyone on this host can ban and kick (set admin.tokens or GATEWAY_ADMIN_TOKENS)");
+        tracing::warn!(
+            "admin API has no tokens: anyone on this host can ban and kick (set admin.tokens or GATEWAY_ADMIN_TOKENS)"
+        );
     }
     let shutdown = node.shutdown.clone();
-    let listener = crate::api::listener::BoundedListener::new(listener, crate::api::MAX_API_CONNECTIONS, std::time::Duration::from_secs(60));
+    let listener = crate::api::listener::BoundedListener::new(
+        listener,
+        crate::api::MAX_API_CONNECTIONS,
+        std::time::Duration::from_secs(60),
+    );
     let app = router(node);
     if let Err(e) = axum::serve(listener, app).with_graceful_shutdown(async move { shutdown.cancelled().await }).await {
         tracing::error!(error = %e, "admin API server failed");
@@ -142,7 +148,8 @@ async fn auth(State(st): State<Arc<AdminState>>, mut req: Request, next: Next) -
         .and_then(|v| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")))
         .map(str::trim);
     let Some(presented) = presented else {
-        return AdminError::new(StatusCode::UNAUTHORIZED, "missing `Authorization: Bearer <token>` header").into_response();
+        return AdminError::new(StatusCode::UNAUTHORIZED, "missing `Authorization: Bearer <token>` header")
+            .into_response();
     };
     // Check every token, matched or not, for the same timing reason.
     let mut who = None;
@@ -204,7 +211,8 @@ impl BanRequest {
                 Some(now + d)
             }
             (None, Some(u)) => {
-                let t = humantime::parse_rfc3339_weak(&u).map_err(|e| format!("until: {u:?}: {e} (expected e.g. 2030-01-02T03:04:05Z)"))?;
+                let t = humantime::parse_rfc3339_weak(&u)
+                    .map_err(|e| format!("until: {u:?}: {e} (expected e.g. 2030-01-02T03:04:05Z)"))?;
                 if t <= now {
                     return Err(format!("until: {u} is in the past"));
                 }
@@ -238,7 +246,8 @@ async fn persist(node: &Node) -> Result<(), AdminError> {
 
 fn apply(node: &Node, who: &str, ban: Ban) -> Result<bool, AdminError> {
     let (target, reason) = (ban.target.to_string(), ban.reason.clone());
-    let detail = json!({ "mode": ban.mode, "until": ban.until.map(|u| humantime::format_rfc3339_millis(u).to_string()) });
+    let detail =
+        json!({ "mode": ban.mode, "until": ban.until.map(|u| humantime::format_rfc3339_millis(u).to_string()) });
     let change = node.bans.add(node, ban).map_err(set_error)?;
     let replaced = matches!(change, Some(Change::Put { old: Some(_), .. }));
     node.audit.record(who, "ban.add", &target, &reason, Some(detail));
@@ -299,7 +308,10 @@ async fn add_bulk(
             Ok(false) => added += 1,
             Err(e) => {
                 persist(node).await?;
-                return Err(AdminError::new(e.status, format!("{} (applied {added} new, {replaced} replaced before that)", e.message)));
+                return Err(AdminError::new(
+                    e.status,
+                    format!("{} (applied {added} new, {replaced} replaced before that)", e.message),
+                ));
             }
         }
     }
@@ -326,10 +338,15 @@ struct ListQuery {
     limit: Option<usize>,
 }
 
-async fn list_bans(State(st): State<Arc<AdminState>>, query: Result<Query<ListQuery>, QueryRejection>) -> Result<Json<Value>, AdminError> {
+async fn list_bans(
+    State(st): State<Arc<AdminState>>,
+    query: Result<Query<ListQuery>, QueryRejection>,
+) -> Result<Json<Value>, AdminError> {
     let Query(q) = query?;
     let ip = match &q.ip {
-        Some(s) => Some(s.parse::<std::net::IpAddr>().map_err(|_| AdminError::bad(format!("ip: {s:?} is not an address")))?),
+        Some(s) => {
+            Some(s.parse::<std::net::IpAddr>().map_err(|_| AdminError::bad(format!("ip: {s:?} is not an address")))?)
+        }
         None => None,
     };
     let want_uid = match q.kind.as_deref() {
@@ -349,7 +366,9 @@ async fn list_bans(State(st): State<Arc<AdminState>>, query: Result<Query<ListQu
         .filter(|b| ip.is_none_or(|ip| b.target.net().is_some_and(|n| n.contains(ip))))
         .filter(|b| {
             needle.as_ref().is_none_or(|n| {
-                b.target.to_string().to_lowercase().contains(n) || b.reason.to_lowercase().contains(n) || b.by.to_lowercase().contains(n)
+                b.target.to_string().to_lowercase().contains(n)
+                    || b.reason.to_lowercase().contains(n)
+                    || b.by.to_lowercase().contains(n)
             })
         })
         .collect();
@@ -365,7 +384,11 @@ fn path_target(raw: &str) -> Result<Target, AdminError> {
 
 async fn get_ban(State(st): State<Arc<AdminState>>, Path(raw): Path<String>) -> Result<Json<Ban>, AdminError> {
     let target = path_target(&raw)?;
-    st.node.bans.get(&target).map(Json).ok_or_else(|| AdminError::new(StatusCode::NOT_FOUND, format!("no ban on {target}")))
+    st.node
+        .bans
+        .get(&target)
+        .map(Json)
+        .ok_or_else(|| AdminError::new(StatusCode::NOT_FOUND, format!("no ban on {target}")))
 }
 
 #[derive(Debug, Deserialize)]
@@ -426,7 +449,13 @@ async fn kick(
         }
     }
     node.metrics.kicks.add(Code::KickedByAdmin.name(), kicked);
-    node.audit.record(&who.0, "kick", &format!("uid:{}", req.uid), reason, Some(json!({ "sessions": kicked, "device": req.device })));
+    node.audit.record(
+        &who.0,
+        "kick",
+        &format!("uid:{}", req.uid),
+        reason,
+        Some(json!({ "sessions": kicked, "device": req.device })),
+    );
     Ok(Json(json!({ "kicked": kicked })))
 }
 
@@ -446,7 +475,8 @@ async fn stats(State(st): State<Arc<AdminState>>) -> Json<Value> {
             .iter()
             .map(|r| (r.to_string(), json!(m.logins.get(r))))
             .collect();
-    let xdp: serde_json::Map<String, Value> = n.defense.counters().into_iter().map(|(k, v)| (k.to_string(), json!(v))).collect();
+    let xdp: serde_json::Map<String, Value> =
+        n.defense.counters().into_iter().map(|(k, v)| (k.to_string(), json!(v))).collect();
     Json(json!({
         "node": n.id,
         "connections": {
@@ -472,7 +502,10 @@ struct AuditQuery {
     limit: Option<usize>,
 }
 
-async fn audit_log(State(st): State<Arc<AdminState>>, query: Result<Query<AuditQuery>, QueryRejection>) -> Result<Json<Vec<AuditEntry>>, AdminError> {
+async fn audit_log(
+    State(st): State<Arc<AdminState>>,
+    query: Result<Query<AuditQuery>, QueryRejection>,
+) -> Result<Json<Vec<AuditEntry>>, AdminError> {
     let Query(q) = query?;
     Ok(Json(st.node.audit.recent(q.limit.unwrap_or(100).min(audit::RECENT))))
 }
@@ -518,7 +551,10 @@ mod tests {
             assert!(e.contains(needle), "{body} -> {e}");
         }
         assert!(req(json!({"target": "0.0.0.0/0", "reason": "x", "force": true})).into_ban("a", now).is_ok());
-        assert!(serde_json::from_value::<BanRequest>(json!({"target": "1.2.3.4", "reason": "x", "by": "me"})).is_err(), "unknown fields are refused");
+        assert!(
+            serde_json::from_value::<BanRequest>(json!({"target": "1.2.3.4", "reason": "x", "by": "me"})).is_err(),
+            "unknown fields are refused"
+        );
     }
 
     #[test]

@@ -79,7 +79,9 @@ impl AsyncRead for BoundedStream {
                 Poll::Ready(r)
             }
             Poll::Pending => match self.deadline.as_mut().poll(cx) {
-                Poll::Ready(()) => Poll::Ready(Err(io::Error::new(io::ErrorKind::TimedOut, "internal API connection idle"))),
+                Poll::Ready(()) => {
+                    Poll::Ready(Err(io::Error::new(io::ErrorKind::TimedOut, "internal API connection idle")))
+                }
                 Poll::Pending => Poll::Pending,
             },
         }

@@ -35,7 +35,9 @@ pub fn router(node: Arc<Node>) -> Router {
         .route("/v1/sessions/{uid}", get(sessions_handler))
         .route("/metrics", get(metrics_handler))
         .route("/healthz", get(|| async { "ok\n" }))
-        .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "no such endpoint; see docs/protocol.md (Push API)") })
+        .fallback(|| async {
+            ApiError::new(StatusCode::NOT_FOUND, "no such endpoint; see docs/protocol.md (Push API)")
+        })
         .layer(DefaultBodyLimit::max(limit))
         .with_state(node)
 }
@@ -149,7 +151,10 @@ fn payload(node: &Node, text: Option<String>, b64: Option<String>) -> Result<Byt
     if bytes.len() > max {
         return Err(ApiError::new(
             StatusCode::PAYLOAD_TOO_LARGE,
-            format!("payload is {} bytes; the limit is {max} (session.max_frame_bytes minus the PUSH header)", bytes.len()),
+            format!(
+                "payload is {} bytes; the limit is {max} (session.max_frame_bytes minus the PUSH header)",
+                bytes.len()
+            ),
         ));
     }
     Ok(bytes)
@@ -157,19 +162,28 @@ fn payload(node: &Node, text: Option<String>, b64: Option<String>) -> Result<Byt
 
 fn check_from(node: &Node, from: &str) -> Result<(), ApiError> {
     if !from.is_empty() && crate::auth::check_id(from, node.config.session.max_uid_bytes).is_err() {
-        return Err(ApiError::bad("`from` must be a valid uid (no whitespace or control characters, within session.max_uid_bytes)"));
+        return Err(ApiError::bad(
+            "`from` must be a valid uid (no whitespace or control characters, within session.max_uid_bytes)",
+        ));
     }
     Ok(())
 }
 
-async fn push_handler(State(node): State<Arc<Node>>, body: Result<Json<PushRequest>, JsonRejection>) -> Result<Json<PushResponse>, ApiError> {
+async fn push_handler(
+    State(node): State<Arc<Node>>,
+    body: Result<Json<PushRequest>, JsonRejection>,
+) -> Result<Json<PushResponse>, ApiError> {
     let Json(req) = body?;
     let cfg = &node.config.push_api;
     if req.uids.is_empty() {
         return Err(ApiError::bad("`uids` is empty"));
     }
     if req.uids.len() > cfg.max_uids_per_request {
-        return Err(ApiError::bad(format!("{} uids; at most {} per request (push_api.max_uids_per_request)", req.uids.len(), cfg.max_uids_per_request)));
+        return Err(ApiError::bad(format!(
+            "{} uids; at most {} per request (push_api.max_uids_per_request)",
+            req.uids.len(),
+            cfg.max_uids_per_request
+        )));
     }
     for uid in &req.uids {
         if crate::auth::check_id(uid, node.config.session.max_uid_bytes).is_err() {
@@ -181,7 +195,10 @@ async fn push_handler(State(node): State<Arc<Node>>, body: Result<Json<PushReque
         None => cfg.default_ack_timeout,
         Some(0) => return Err(ApiError::bad("timeout_ms must be greater than 0")),
         Some(ms) if Duration::from_millis(ms) > cfg.max_ack_timeout => {
-            return Err(ApiError::bad(format!("timeout_ms exceeds push_api.max_ack_timeout ({:?})", cfg.max_ack_timeout)))
+            return Err(ApiError::bad(format!(
+                "timeout_ms exceeds push_api.max_ack_timeout ({:?})",
+                cfg.max_ack_timeout
+            )))
         }
         Some(ms) => Duration::from_millis(ms),
     };
@@ -192,8 +209,10 @@ async fn push_handler(State(node): State<Arc<Node>>, body: Result<Json<PushReque
     let mut uids = req.uids;
     let mut seen = std::collections::HashSet::new();
     uids.retain(|u| seen.insert(u.clone()));
-    let results =
-        futures::future::join_all(uids.iter().map(|uid| push::push_to_uid(&node, uid, &req.from, &data, push_id, &opts))).await;
+    let results = futures::future::join_all(
+        uids.iter().map(|uid| push::push_to_uid(&node, uid, &req.from, &data, push_id, &opts)),
+    )
+    .await;
     Ok(Json(PushResponse { push_id, results }))
 }
 

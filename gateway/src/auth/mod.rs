@@ -75,7 +75,8 @@ impl Verifier {
     pub fn new(cfg: &AuthConfig, secret: Option<&[u8]>, max_uid_bytes: usize) -> Result<Verifier, KeyError> {
         let (key, alg) = match cfg.algorithm {
             JwtAlgorithm::Hs256 => {
-                let s = secret.ok_or_else(|| KeyError::NoSecret("HS256 needs auth.secret or auth.secret_file".into()))?;
+                let s =
+                    secret.ok_or_else(|| KeyError::NoSecret("HS256 needs auth.secret or auth.secret_file".into()))?;
                 (DecodingKey::from_secret(s), Algorithm::HS256)
             }
             JwtAlgorithm::Rs256 | JwtAlgorithm::Es256 => {
@@ -83,13 +84,15 @@ impl Verifier {
                     .public_key_file
                     .as_ref()
                     .ok_or_else(|| KeyError::NoSecret("auth.public_key_file is required".into()))?;
-                let pem = std::fs::read(path).map_err(|source| KeyError::Read { path: path.display().to_string(), source })?;
+                let pem = std::fs::read(path)
+                    .map_err(|source| KeyError::Read { path: path.display().to_string(), source })?;
                 let (key, alg, what) = if cfg.algorithm == JwtAlgorithm::Rs256 {
                     (DecodingKey::from_rsa_pem(&pem), Algorithm::RS256, "RSA public")
                 } else {
                     (DecodingKey::from_ec_pem(&pem), Algorithm::ES256, "EC public")
                 };
-                let key = key.map_err(|e| KeyError::Pem { path: path.display().to_string(), what, message: e.to_string() })?;
+                let key =
+                    key.map_err(|e| KeyError::Pem { path: path.display().to_string(), what, message: e.to_string() })?;
                 (key, alg)
             }
         };
@@ -106,9 +109,13 @@ impl Verifier {
         let data = decode::<Claims>(token, &self.key, &self.validation).map_err(|e| match e.kind() {
             ErrorKind::ExpiredSignature => AuthError::Expired,
             ErrorKind::InvalidSignature => AuthError::Invalid("bad signature".into()),
-            ErrorKind::InvalidAlgorithm | ErrorKind::InvalidAlgorithmName => AuthError::Invalid("wrong algorithm".into()),
+            ErrorKind::InvalidAlgorithm | ErrorKind::InvalidAlgorithmName => {
+                AuthError::Invalid("wrong algorithm".into())
+            }
             ErrorKind::ImmatureSignature => AuthError::Invalid("not valid yet (nbf)".into()),
-            ErrorKind::MissingRequiredClaim(_) | ErrorKind::Json(_) => AuthError::Invalid("claims missing or malformed (uid, exp)".into()),
+            ErrorKind::MissingRequiredClaim(_) | ErrorKind::Json(_) => {
+                AuthError::Invalid("claims missing or malformed (uid, exp)".into())
+            }
             _ => AuthError::Invalid("not a JWT".into()),
         })?;
         let c = data.claims;
@@ -135,7 +142,12 @@ pub fn check_id(s: &str, max: usize) -> Result<(), &'static str> {
 }
 
 /// Mint an HS256 token (dev tooling and tests; production tokens come from the login service).
-pub fn mint_hs256(secret: &[u8], uid: &str, device: Option<&str>, ttl: Duration) -> Result<String, jsonwebtoken::errors::Error> {
+pub fn mint_hs256(
+    secret: &[u8],
+    uid: &str,
+    device: Option<&str>,
+    ttl: Duration,
+) -> Result<String, jsonwebtoken::errors::Error> {
     let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default().as_secs();
     mint_hs256_at(secret, uid, device, now, now.saturating_add(ttl.as_secs()))
 }
@@ -225,7 +237,12 @@ mod tests {
         assert_eq!(v.verify(&hs).unwrap_err().code(), Code::TokenInvalid);
         // A token signed by another key is refused.
         let other = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
-        let forged = encode(&Header::new(Algorithm::ES256), &claims("erin"), &EncodingKey::from_ec_pem(other.serialize_pem().as_bytes()).unwrap()).unwrap();
+        let forged = encode(
+            &Header::new(Algorithm::ES256),
+            &claims("erin"),
+            &EncodingKey::from_ec_pem(other.serialize_pem().as_bytes()).unwrap(),
+        )
+        .unwrap();
         assert_eq!(v.verify(&forged).unwrap_err().code(), Code::TokenInvalid);
     }
 
@@ -242,7 +259,14 @@ mod tests {
             .expect("openssl must be installed to test RS256")
             .success();
         assert!(ok, "openssl genpkey failed");
-        let ok = std::process::Command::new("openssl").args(["pkey", "-pubout", "-in"]).arg(&private).arg("-out").arg(&public).status().unwrap().success();
+        let ok = std::process::Command::new("openssl")
+            .args(["pkey", "-pubout", "-in"])
+            .arg(&private)
+            .arg("-out")
+            .arg(&public)
+            .status()
+            .unwrap()
+            .success();
         assert!(ok, "openssl pkey -pubout failed");
         let mut cfg = Config::defaults().auth;
         cfg.algorithm = JwtAlgorithm::Rs256;
@@ -268,5 +292,4 @@ mod tests {
         let err = Verifier::new(&cfg, None, 128).err().expect("must fail").to_string();
         assert!(err.contains("pub.pem") && err.contains("EC public"), "{err}");
     }
-
 }

@@ -22,7 +22,8 @@ pub fn apply(node: &Node, change: &Change, close_live: bool) {
             if let Target::Net(net) = &ban.target {
                 // The same address may also be on the static `xdp.blacklist`,
                 // which the config owns: lifting our ban must not lift that.
-                if net.is_host() && node.config.xdp.blacklist.iter().any(|ip| crate::defense::IpNet::host(*ip) == *net) {
+                if net.is_host() && node.config.xdp.blacklist.iter().any(|ip| crate::defense::IpNet::host(*ip) == *net)
+                {
                     tracing::info!(target = %ban.target, "ban lifted; the address stays blocked by xdp.blacklist");
                     return;
                 }

@@ -30,7 +30,11 @@ pub struct EtcdHttp {
 impl EtcdHttp {
     pub fn new(endpoints: &[String]) -> EtcdHttp {
         let http = reqwest::Client::builder().connect_timeout(CALL_TIMEOUT).build().unwrap_or_default();
-        EtcdHttp { endpoints: endpoints.iter().map(|e| e.trim_end_matches('/').to_string()).collect(), http, current: AtomicUsize::new(0) }
+        EtcdHttp {
+            endpoints: endpoints.iter().map(|e| e.trim_end_matches('/').to_string()).collect(),
+            http,
+            current: AtomicUsize::new(0),
+        }
     }
 
     /// POST to each endpoint in turn, starting with the last good one.
@@ -56,7 +60,10 @@ impl EtcdHttp {
                 Ok(r) => {
                     let status = r.status();
                     let text = r.text().await.unwrap_or_default();
-                    return Err(KvError::Protocol(format!("{url}: HTTP {status}: {}", text.chars().take(300).collect::<String>())));
+                    return Err(KvError::Protocol(format!(
+                        "{url}: HTTP {status}: {}",
+                        text.chars().take(300).collect::<String>()
+                    )));
                 }
                 Err(e) => last = format!("{url}: {e}"),
             }
@@ -124,7 +131,11 @@ impl Kv for EtcdHttp {
                 // nodes lift the ban on their own clocks at `until`.
                 let secs = ttl.as_secs() + 2;
                 let lease = self.call("/v3/lease/grant", json!({ "TTL": secs })).await?;
-                let id = lease.get("ID").map(int).filter(|id| *id != 0).ok_or_else(|| KvError::Protocol(format!("lease grant: {lease}")))?;
+                let id = lease
+                    .get("ID")
+                    .map(int)
+                    .filter(|id| *id != 0)
+                    .ok_or_else(|| KvError::Protocol(format!("lease grant: {lease}")))?;
                 body["lease"] = json!(id.to_string());
             }
             self.call("/v3/kv/put", body).await.map(|_| ())
@@ -132,12 +143,16 @@ impl Kv for EtcdHttp {
     }
 
     fn delete<'a>(&'a self, key: &'a str) -> KvFuture<'a, ()> {
-        Box::pin(async move { self.call("/v3/kv/deleterange", json!({ "key": b64(key.as_bytes()) })).await.map(|_| ()) })
+        Box::pin(
+            async move { self.call("/v3/kv/deleterange", json!({ "key": b64(key.as_bytes()) })).await.map(|_| ()) },
+        )
     }
 
     fn list<'a>(&'a self, prefix: &'a str) -> KvFuture<'a, Listing> {
         Box::pin(async move {
-            let r = self.call("/v3/kv/range", json!({ "key": b64(prefix.as_bytes()), "range_end": b64(&range_end(prefix)) })).await?;
+            let r = self
+                .call("/v3/kv/range", json!({ "key": b64(prefix.as_bytes()), "range_end": b64(&range_end(prefix)) }))
+                .await?;
             let revision = r.get("header").and_then(|h| h.get("revision")).map(int).unwrap_or(0);
             let kvs = r
                 .get("kvs")

@@ -52,10 +52,13 @@ pub fn load(path: &Path) -> Result<Option<Snapshot>, FileError> {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
         Err(source) => return Err(FileError::Io { path: path.to_path_buf(), source }),
     };
-    let snap: Snapshot =
-        serde_json::from_str(&text).map_err(|e| FileError::Corrupt { path: path.to_path_buf(), message: e.to_string() })?;
+    let snap: Snapshot = serde_json::from_str(&text)
+        .map_err(|e| FileError::Corrupt { path: path.to_path_buf(), message: e.to_string() })?;
     if snap.version != VERSION {
-        return Err(FileError::Corrupt { path: path.to_path_buf(), message: format!("version {} (this gateway reads {VERSION})", snap.version) });
+        return Err(FileError::Corrupt {
+            path: path.to_path_buf(),
+            message: format!("version {} (this gateway reads {VERSION})", snap.version),
+        });
     }
     Ok(Some(snap))
 }
@@ -65,7 +68,8 @@ pub fn save(path: &Path, snap: &Snapshot) -> Result<(), FileError> {
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
         crate::state::ensure_dir(dir)?;
     }
-    let body = serde_json::to_vec_pretty(snap).map_err(|e| FileError::Corrupt { path: path.to_path_buf(), message: e.to_string() })?;
+    let body = serde_json::to_vec_pretty(snap)
+        .map_err(|e| FileError::Corrupt { path: path.to_path_buf(), message: e.to_string() })?;
     crate::state::write_private(path, &body)?;
     // The rename is durable only once the directory entry is.
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {

@@ -97,7 +97,10 @@ impl Bans {
             if let Some(snap) = snap {
                 let publish_all = self.replicated && !snap.replicated;
                 if publish_all && !snap.bans.is_empty() {
-                    tracing::info!(bans = snap.bans.len(), "etcd newly configured: publishing the local ban list to the cluster");
+                    tracing::info!(
+                        bans = snap.bans.len(),
+                        "etcd newly configured: publishing the local ban list to the cluster"
+                    );
                 }
                 for ban in snap.bans.into_iter().filter(|b| b.live(now)) {
                     let target = ban.target.clone();
@@ -110,7 +113,9 @@ impl Bans {
                                 st.pending.insert(target, g);
                             }
                         }
-                        Err(e) => tracing::warn!(error = %e, "ban file holds more than bans.max_entries; the rest is ignored"),
+                        Err(e) => {
+                            tracing::warn!(error = %e, "ban file holds more than bans.max_entries; the rest is ignored")
+                        }
                     }
                 }
                 for t in snap.unsynced {
@@ -140,12 +145,16 @@ impl Bans {
             .filter(|r| r.kind == crate::defense::RuleKind::Ban)
             .map(|r| r.net)
             .filter(|net| st.set.get(&Target::Net(*net)).is_none())
-            .filter(|net| !(net.is_host() && node.config.xdp.blacklist.iter().any(|ip| crate::defense::IpNet::host(*ip) == *net)))
+            .filter(|net| {
+                !(net.is_host() && node.config.xdp.blacklist.iter().any(|ip| crate::defense::IpNet::host(*ip) == *net))
+            })
             .collect();
         drop(st);
         for net in stale {
             match node.defense.remove_rule(net, crate::defense::RuleKind::Ban) {
-                Ok(_) => tracing::info!(target = %net, "lifted a kernel ban left from an earlier run that the ban store no longer has"),
+                Ok(_) => {
+                    tracing::info!(target = %net, "lifted a kernel ban left from an earlier run that the ban store no longer has")
+                }
                 Err(e) => tracing::warn!(target = %net, error = %e, "could not lift a stale kernel ban"),
             }
         }
@@ -364,7 +373,14 @@ pub fn auto_ban(node: &Node, source: crate::defense::IpNet, detector: &str, reas
         tracing::warn!(%source, %by, "not auto-banning this host's loopback address (add it to abuse.allowlist to silence)");
         return;
     }
-    let ban = Ban { target: Target::Net(source), reason, by: by.clone(), created: now, until: Some(now + cfg.auto_ban_ttl), mode: cfg.auto_ban_mode };
+    let ban = Ban {
+        target: Target::Net(source),
+        reason,
+        by: by.clone(),
+        created: now,
+        until: Some(now + cfg.auto_ban_ttl),
+        mode: cfg.auto_ban_mode,
+    };
     let (target, reason) = (ban.target.to_string(), ban.reason.clone());
     // Never replace an existing ban: a staff ban (permanent, or in monitor
     // mode while they watch a source) must not become a 10-minute one, and a
@@ -376,7 +392,13 @@ pub fn auto_ban(node: &Node, source: crate::defense::IpNet, detector: &str, reas
         Ok(_) => {
             node.metrics.auto_bans.inc();
             tracing::warn!(%target, %by, %reason, ttl = ?cfg.auto_ban_ttl, "auto-ban");
-            node.audit.record(&by, "ban.add", &target, &reason, Some(serde_json::json!({ "ttl_secs": cfg.auto_ban_ttl.as_secs(), "mode": cfg.auto_ban_mode })));
+            node.audit.record(
+                &by,
+                "ban.add",
+                &target,
+                &reason,
+                Some(serde_json::json!({ "ttl_secs": cfg.auto_ban_ttl.as_secs(), "mode": cfg.auto_ban_mode })),
+            );
         }
         Err(e) => {
             node.metrics.ban_apply_errors.inc();

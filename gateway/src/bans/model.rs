@@ -164,7 +164,8 @@ mod rfc3339 {
     }
     pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<SystemTime, D::Error> {
         let s = String::deserialize(d)?;
-        humantime::parse_rfc3339_weak(&s).map_err(|e| serde::de::Error::custom(format!("{s:?}: {e} (expected RFC 3339, e.g. 2030-01-02T03:04:05Z)")))
+        humantime::parse_rfc3339_weak(&s)
+            .map_err(|e| serde::de::Error::custom(format!("{s:?}: {e} (expected RFC 3339, e.g. 2030-01-02T03:04:05Z)")))
     }
 }
 
@@ -179,9 +180,9 @@ mod rfc3339_opt {
     pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<SystemTime>, D::Error> {
         match Option::<String>::deserialize(d)? {
             None => Ok(None),
-            Some(s) => humantime::parse_rfc3339_weak(&s)
-                .map(Some)
-                .map_err(|e| serde::de::Error::custom(format!("{s:?}: {e} (expected RFC 3339, e.g. 2030-01-02T03:04:05Z)"))),
+            Some(s) => humantime::parse_rfc3339_weak(&s).map(Some).map_err(|e| {
+                serde::de::Error::custom(format!("{s:?}: {e} (expected RFC 3339, e.g. 2030-01-02T03:04:05Z)"))
+            }),
         }
     }
 }
@@ -191,7 +192,10 @@ mod rfc3339_opt {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Change {
     /// New, or replacing `old`.
-    Put { ban: Ban, old: Option<Ban> },
+    Put {
+        ban: Ban,
+        old: Option<Ban>,
+    },
     Removed(Ban),
 }
 
@@ -261,7 +265,8 @@ impl BanSet {
     /// Make this set equal to `other` (live entries only), except for targets
     /// in `keep`, whose local state wins (changes not yet written upstream).
     pub fn replace_with(&mut self, other: Vec<Ban>, keep: &dyn Fn(&Target) -> bool, now: SystemTime) -> Vec<Change> {
-        let mut incoming: BTreeMap<Target, Ban> = other.into_iter().filter(|b| b.live(now)).map(|b| (b.target.clone(), b)).collect();
+        let mut incoming: BTreeMap<Target, Ban> =
+            other.into_iter().filter(|b| b.live(now)).map(|b| (b.target.clone(), b)).collect();
         let mut changes = Vec::new();
         let gone: Vec<Target> = self.bans.keys().filter(|t| !incoming.contains_key(*t) && !keep(t)).cloned().collect();
         for t in gone {

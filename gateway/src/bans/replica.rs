@@ -114,7 +114,8 @@ impl Kv for MemKv {
             if m.down {
                 return Err(KvError::Unreachable("test store is down".into()));
             }
-            let kvs = m.kvs.iter().filter(|(k, _)| k.starts_with(prefix)).map(|(k, v)| (k.clone(), v.clone())).collect();
+            let kvs =
+                m.kvs.iter().filter(|(k, _)| k.starts_with(prefix)).map(|(k, v)| (k.clone(), v.clone())).collect();
             Ok(Listing { kvs, revision: m.revision })
         })
     }

@@ -109,7 +109,8 @@ impl Client {
         let io: Box<dyn Io> = match tls {
             None => Box::new(tcp),
             Some(t) => {
-                let name = ServerName::try_from(t.server_name.clone()).map_err(|_| ClientError::ServerName(t.server_name.clone()))?;
+                let name = ServerName::try_from(t.server_name.clone())
+                    .map_err(|_| ClientError::ServerName(t.server_name.clone()))?;
                 let stream = TlsConnector::from(t.config.clone()).connect(name, tcp).await.map_err(ClientError::Tls)?;
                 Box::new(stream)
             }

@@ -8,8 +8,7 @@ const EXAMPLE: &str = include_str!("../../../config/gateway.toml");
 
 fn example() -> Config {
     let raw = RawConfig::parse(EXAMPLE).unwrap_or_else(|e| panic!("config/gateway.toml does not parse: {e}"));
-    raw.validate(&Overrides::default())
-        .unwrap_or_else(|errs| panic!("config/gateway.toml does not validate: {errs:?}"))
+    raw.validate(&Overrides::default()).unwrap_or_else(|errs| panic!("config/gateway.toml does not validate: {errs:?}"))
 }
 
 #[test]
@@ -41,7 +40,23 @@ fn example_config_spot_checks() {
 #[test]
 fn example_config_names_every_section() {
     let table: toml::Table = EXAMPLE.parse().expect("valid TOML");
-    for section in ["node", "listen", "tls", "auth", "session", "heartbeat", "push_api", "upstream", "xdp", "cluster", "shutdown", "log", "abuse", "bans", "admin"] {
+    for section in [
+        "node",
+        "listen",
+        "tls",
+        "auth",
+        "session",
+        "heartbeat",
+        "push_api",
+        "upstream",
+        "xdp",
+        "cluster",
+        "shutdown",
+        "log",
+        "abuse",
+        "bans",
+        "admin",
+    ] {
         assert!(table.contains_key(section), "config/gateway.toml lacks the [{section}] section");
     }
 }

@@ -6,9 +6,9 @@
 //! with the key that caused it before giving up, so an operator fixes a file in
 //! one pass instead of one error per restart.
 
-mod raw;
 #[cfg(test)]
 mod example_test;
+mod raw;
 
 pub use raw::{RawAdminToken, RawConfig};
 
@@ -32,10 +32,7 @@ impl std::fmt::Display for KeyError {
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     #[error("cannot read config file {path}: {source}")]
-    Read {
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    Read { path: PathBuf, source: std::io::Error },
     #[error("config file {path} is not valid TOML for this gateway: {message}")]
     Parse { path: String, message: String },
     #[error("invalid configuration ({} problem(s)):\n{}", .0.len(), .0.iter().map(|e| format!("  - {e}")).collect::<Vec<_>>().join("\n"))]
@@ -302,14 +299,10 @@ impl Config {
     pub fn load(path: Option<&Path>, overrides: &Overrides) -> Result<Config, ConfigError> {
         let raw = match path {
             Some(p) => {
-                let text = std::fs::read_to_string(p).map_err(|source| ConfigError::Read {
-                    path: p.to_path_buf(),
-                    source,
-                })?;
-                RawConfig::parse(&text).map_err(|message| ConfigError::Parse {
-                    path: p.display().to_string(),
-                    message,
-                })?
+                let text =
+                    std::fs::read_to_string(p).map_err(|source| ConfigError::Read { path: p.to_path_buf(), source })?;
+                RawConfig::parse(&text)
+                    .map_err(|message| ConfigError::Parse { path: p.display().to_string(), message })?
             }
             None => RawConfig::default(),
         };
@@ -319,7 +312,8 @@ impl Config {
 
 /// Parse a duration such as `10s`, `270s`, `1h`, `500ms`.
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
-    humantime::parse_duration(s.trim()).map_err(|e| format!("{e} (expected a duration such as \"10s\", \"500ms\" or \"1h\")"))
+    humantime::parse_duration(s.trim())
+        .map_err(|e| format!("{e} (expected a duration such as \"10s\", \"500ms\" or \"1h\")"))
 }
 
 #[cfg(test)]
@@ -354,13 +348,9 @@ mod tests {
         let raw = RawConfig::parse(text).expect("syntax is fine");
         let errs = raw.validate(&Overrides::default()).expect_err("must be invalid");
         let keys: Vec<&str> = errs.iter().map(|e| e.key.as_str()).collect();
-        for k in [
-            "listen.addr",
-            "listen.max_connections",
-            "heartbeat.interval",
-            "session.duplicate_login",
-            "tls.key_file",
-        ] {
+        for k in
+            ["listen.addr", "listen.max_connections", "heartbeat.interval", "session.duplicate_login", "tls.key_file"]
+        {
             assert!(keys.contains(&k), "expected an error for {k}, got {errs:?}");
         }
     }

@@ -399,7 +399,10 @@ impl Check {
         match value.trim().parse::<SocketAddr>() {
             Ok(a) => a,
             Err(_) => {
-                self.err(key, format!("{value:?} is not an IP:port address (e.g. \"127.0.0.1:7000\" or \"[::1]:7000\")"));
+                self.err(
+                    key,
+                    format!("{value:?} is not an IP:port address (e.g. \"127.0.0.1:7000\" or \"[::1]:7000\")"),
+                );
                 SocketAddr::from(([0, 0, 0, 0], 0))
             }
         }
@@ -609,7 +612,10 @@ impl RawConfig {
         if r.xdp.drop_events_per_sec == 0 || r.xdp.drop_events_per_sec > max {
             c.err(
                 "xdp.drop_events_per_sec",
-                format!("{} is outside 1..={max} (set xdp.drop_events = false to turn events off)", r.xdp.drop_events_per_sec),
+                format!(
+                    "{} is outside 1..={max} (set xdp.drop_events = false to turn events off)",
+                    r.xdp.drop_events_per_sec
+                ),
             );
         }
         let drop_events = r.xdp.drop_events.then_some((r.xdp.drop_events_sample, r.xdp.drop_events_per_sec));
@@ -621,7 +627,10 @@ impl RawConfig {
             }
             (true, "") => Some(crate::defense::pins::default_dir(&node_id)),
             (true, d) if !d.starts_with('/') => {
-                c.err("xdp.pin_dir", format!("{d:?} must be an absolute path in bpffs (e.g. /sys/fs/bpf/im-gateway/<node-id>)"));
+                c.err(
+                    "xdp.pin_dir",
+                    format!("{d:?} must be an absolute path in bpffs (e.g. /sys/fs/bpf/im-gateway/<node-id>)"),
+                );
                 None
             }
             (true, d) => Some(PathBuf::from(d)),
@@ -639,7 +648,10 @@ impl RawConfig {
             c.err("host.tcp_syncookies", "0, 1 or 2 (1: cookies when the SYN queue overflows)");
         }
         if h.tcp_syncookies == 0 {
-            c.err("host.tcp_syncookies", "0 would recommend turning SYN cookies off on an edge host facing floods; use 1 or 2");
+            c.err(
+                "host.tcp_syncookies",
+                "0 would recommend turning SYN cookies off on an edge host facing floods; use 1 or 2",
+            );
         }
         if !(128..=1 << 20).contains(&h.tcp_max_syn_backlog) {
             c.err("host.tcp_max_syn_backlog", "between 128 and 1048576");
@@ -769,7 +781,10 @@ fn validate_abuse(c: &mut Check, r: &RawAbuse) -> AbuseConfig {
         }
     };
     if !(1..=128).contains(&r.ipv6_prefix) {
-        c.err("abuse.ipv6_prefix", format!("{} must be between 1 and 128 (default 64: one host usually owns a /64)", r.ipv6_prefix));
+        c.err(
+            "abuse.ipv6_prefix",
+            format!("{} must be between 1 and 128 (default 64: one host usually owns a /64)", r.ipv6_prefix),
+        );
     }
     let mut allowlist = Vec::new();
     for (i, entry) in r.allowlist.iter().enumerate() {
@@ -812,22 +827,36 @@ fn validate_bans(c: &mut Check, r: &RawBans, state_dir: &Path) -> BansConfig {
 
 fn validate_admin(c: &mut Check, r: RawAdmin, o: &Overrides, state_dir: &Path) -> AdminConfig {
     let listen = c.socket_addr("admin.listen", o.admin_listen.as_deref().unwrap_or(&r.listen));
-    let mut tokens: Vec<(String, AdminToken)> =
-        r.tokens.into_iter().enumerate().map(|(i, t)| (format!("admin.tokens[{i}]"), AdminToken { name: t.name, token: t.token })).collect();
+    let mut tokens: Vec<(String, AdminToken)> = r
+        .tokens
+        .into_iter()
+        .enumerate()
+        .map(|(i, t)| (format!("admin.tokens[{i}]"), AdminToken { name: t.name, token: t.token }))
+        .collect();
     for (i, pair) in o.admin_tokens.iter().flatten().enumerate() {
         match pair.split_once(':') {
-            Some((name, token)) => tokens.push((format!("GATEWAY_ADMIN_TOKENS[{i}]"), AdminToken { name: name.into(), token: token.into() })),
+            Some((name, token)) => tokens
+                .push((format!("GATEWAY_ADMIN_TOKENS[{i}]"), AdminToken { name: name.into(), token: token.into() })),
             None => c.err(&format!("GATEWAY_ADMIN_TOKENS[{i}]"), "expected name:token"),
         }
     }
     let mut names = std::collections::HashSet::new();
     let mut secrets = std::collections::HashSet::new();
     for (key, t) in &tokens {
-        if t.name.is_empty() || t.name.len() > 64 || !t.name.chars().all(|ch| ch.is_ascii_alphanumeric() || "-_.@".contains(ch)) {
-            c.err(key, format!("name {:?}: use 1-64 characters from [A-Za-z0-9._@-] (it is written to the audit log)", t.name));
+        if t.name.is_empty()
+            || t.name.len() > 64
+            || !t.name.chars().all(|ch| ch.is_ascii_alphanumeric() || "-_.@".contains(ch))
+        {
+            c.err(
+                key,
+                format!("name {:?}: use 1-64 characters from [A-Za-z0-9._@-] (it is written to the audit log)", t.name),
+            );
         }
         if t.token.len() < 16 {
-            c.err(key, format!("token for {:?} must be at least 16 bytes (generate one with `openssl rand -hex 24`)", t.name));
+            c.err(
+                key,
+                format!("token for {:?} must be at least 16 bytes (generate one with `openssl rand -hex 24`)", t.name),
+            );
         }
         if !names.insert(t.name.clone()) {
             c.err(key, format!("duplicate token name {:?}: the audit log could not tell them apart", t.name));

@@ -212,7 +212,8 @@ mod tests {
 
     fn raw(e: DropEvent) -> Vec<u8> {
         // SAFETY: DropEvent is repr(C) integers without implicit padding.
-        unsafe { std::slice::from_raw_parts((&e as *const DropEvent).cast::<u8>(), std::mem::size_of::<DropEvent>()) }.to_vec()
+        unsafe { std::slice::from_raw_parts((&e as *const DropEvent).cast::<u8>(), std::mem::size_of::<DropEvent>()) }
+            .to_vec()
     }
 
     #[test]
@@ -221,13 +222,31 @@ mod tests {
         addr[10] = 0xff;
         addr[11] = 0xff;
         addr[12..].copy_from_slice(&[192, 0, 2, 66]);
-        let base = DropEvent { ts_ns: 7, addr, reason: Counter::DropBanExact as u32, family: 4, protocol: 6, dropped: 1, src_port: 40000, dst_port: 443, ..Default::default() };
+        let base = DropEvent {
+            ts_ns: 7,
+            addr,
+            reason: Counter::DropBanExact as u32,
+            family: 4,
+            protocol: 6,
+            dropped: 1,
+            src_port: 40000,
+            dst_port: 443,
+            ..Default::default()
+        };
         let e = decode(&raw(base)).unwrap();
         assert_eq!(e.source, Some("192.0.2.66".parse().unwrap()));
         assert_eq!((e.reason, e.ports, e.dropped, e.at_ns), (Some(Counter::DropBanExact), Some((40000, 443)), true, 7));
         assert_eq!(e.to_string(), "drop drop_ban_exact from 192.0.2.66 proto 6 port 40000 -> 443");
 
-        let v6 = decode(&raw(DropEvent { family: 6, src_port: 0, dst_port: 0, dropped: 0, reason: Counter::MonitorBanCidr as u32, ..base })).unwrap();
+        let v6 = decode(&raw(DropEvent {
+            family: 6,
+            src_port: 0,
+            dst_port: 0,
+            dropped: 0,
+            reason: Counter::MonitorBanCidr as u32,
+            ..base
+        }))
+        .unwrap();
         assert_eq!(v6.source, Some("::ffff:192.0.2.66".parse().unwrap()), "a mapped source on the wire stays IPv6");
         assert_eq!(v6.to_string(), "would drop (monitor) monitor_ban_cidr from ::ffff:192.0.2.66 proto 6");
 
@@ -245,7 +264,11 @@ mod tests {
         assert_eq!(l.admit(t0, 2), Some(0));
         assert_eq!(l.admit(t0 + Duration::from_millis(500), 2), None);
         assert_eq!(l.admit(t0 + Duration::from_millis(999), 2), None);
-        assert_eq!(l.admit(t0 + Duration::from_secs(1), 2), Some(2), "the next window reports the two suppressed lines");
+        assert_eq!(
+            l.admit(t0 + Duration::from_secs(1), 2),
+            Some(2),
+            "the next window reports the two suppressed lines"
+        );
         assert_eq!(l.admit(t0 + Duration::from_secs(1), 2), Some(0));
         assert_eq!(l.admit(t0 + Duration::from_secs(1), 2), None);
         assert_eq!(LogLimit::new().admit(t0, 0), None, "events off: nothing is logged");

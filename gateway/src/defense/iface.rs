@@ -14,7 +14,9 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 pub enum IfaceError {
     #[error("no local interface owns {0}; set xdp.interface or listen on an address of this host")]
     NotLocal(IpAddr),
-    #[error("listen address is unspecified and this host has no default route to pick an interface from; set xdp.interface")]
+    #[error(
+        "listen address is unspecified and this host has no default route to pick an interface from; set xdp.interface"
+    )]
     NoDefaultRoute,
     #[error("cannot list interfaces: {0}")]
     Os(String),
@@ -27,9 +29,7 @@ pub fn for_listen_addr(listen: IpAddr) -> Result<String, IfaceError> {
         return Ok("lo".to_string());
     }
     if listen.is_unspecified() {
-        return default_route_v4()
-            .or_else(default_route_v6)
-            .ok_or(IfaceError::NoDefaultRoute);
+        return default_route_v4().or_else(default_route_v6).ok_or(IfaceError::NoDefaultRoute);
     }
     owner_of(listen)?.ok_or(IfaceError::NotLocal(listen))
 }

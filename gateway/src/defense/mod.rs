@@ -37,8 +37,8 @@ use std::time::Instant;
 use gateway_common::Counter;
 use parking_lot::{Mutex, RwLock};
 
-pub use rules::{IpNet, IpNetError, Judgement, Rule, RuleKind, RuleSet, Table};
 pub use events::EventSampling;
+pub use rules::{IpNet, IpNetError, Judgement, Rule, RuleKind, RuleSet, Table};
 pub use xdp::{KernelPolicy, SynLimit, XdpError};
 
 use crate::config::XdpConfig;
@@ -165,7 +165,9 @@ impl Defense {
             rules.insert(r);
         }
         let syn = match (&kernel, policy.syn_limit) {
-            (None, Some(limit)) => Some(syn_limit::SourceBuckets::new(limit, gateway_common::SYN_BUCKETS_CAPACITY as usize)),
+            (None, Some(limit)) => {
+                Some(syn_limit::SourceBuckets::new(limit, gateway_common::SYN_BUCKETS_CAPACITY as usize))
+            }
             _ => None,
         };
         let event_ring = kernel.as_mut().and_then(xdp::Kernel::take_events);
@@ -180,7 +182,13 @@ impl Defense {
         }
     }
 
-    fn start_kernel(cfg: &XdpConfig, policy: &KernelPolicy, listen: SocketAddr, rules: &[Rule], pins: Option<&Path>) -> Result<xdp::Kernel, String> {
+    fn start_kernel(
+        cfg: &XdpConfig,
+        policy: &KernelPolicy,
+        listen: SocketAddr,
+        rules: &[Rule],
+        pins: Option<&Path>,
+    ) -> Result<xdp::Kernel, String> {
         let interface = match &cfg.interface {
             Some(i) => i.clone(),
             None => iface::for_listen_addr(listen.ip()).map_err(|e| e.to_string())?,
@@ -244,7 +252,9 @@ impl Defense {
             let mut syn = self.syn.lock();
             let same = syn.as_ref().map(|b| b.limit()) == policy.syn_limit;
             if !same {
-                *syn = policy.syn_limit.map(|l| syn_limit::SourceBuckets::new(l, gateway_common::SYN_BUCKETS_CAPACITY as usize));
+                *syn = policy
+                    .syn_limit
+                    .map(|l| syn_limit::SourceBuckets::new(l, gateway_common::SYN_BUCKETS_CAPACITY as usize));
             }
         }
         self.events_per_sec.store(policy.events.map_or(0, |e| e.per_sec), Ordering::Relaxed);
@@ -287,7 +297,13 @@ impl Defense {
 
     /// Exact bans, sorted.
     pub fn list(&self) -> Vec<IpAddr> {
-        self.rules.read().rules().into_iter().filter(|r| r.kind == RuleKind::Ban && r.net.is_host()).map(|r| r.net.addr()).collect()
+        self.rules
+            .read()
+            .rules()
+            .into_iter()
+            .filter(|r| r.kind == RuleKind::Ban && r.net.is_host())
+            .map(|r| r.net.addr())
+            .collect()
     }
 
     /// Inserts or replaces an allow/ban rule (exact or CIDR) in the kernel and
@@ -346,7 +362,10 @@ impl Defense {
         let kernel = self.kernel.lock();
         match kernel.as_ref() {
             Some(k) => k.counters().into_iter().map(|(c, v)| (c.name(), v)).collect(),
-            None => Counter::ALL.iter().map(|c| (c.name(), self.accept_counts[*c as usize].load(Ordering::Relaxed))).collect(),
+            None => Counter::ALL
+                .iter()
+                .map(|c| (c.name(), self.accept_counts[*c as usize].load(Ordering::Relaxed)))
+                .collect(),
         }
     }
 }
@@ -376,7 +395,9 @@ mod tests {
     fn missing_object_falls_back_with_reason_and_enforces_at_accept() {
         let d = Defense::start(&cfg(true, &["192.0.2.1", "2001:db8::1"]), "127.0.0.1:1".parse().unwrap());
         match d.enforcement() {
-            Enforcement::Userspace { reason } => assert!(reason.contains("not found") && reason.contains("cargo xtask build"), "{reason}"),
+            Enforcement::Userspace { reason } => {
+                assert!(reason.contains("not found") && reason.contains("cargo xtask build"), "{reason}")
+            }
             other => panic!("expected userspace fallback, got {other:?}"),
         }
         assert!(d.is_blocked("192.0.2.1".parse().unwrap()));
@@ -407,7 +428,8 @@ mod tests {
 
     #[test]
     fn fallback_applies_syn_limit_and_monitor() {
-        let policy = KernelPolicy { syn_limit: Some(SynLimit { rate_per_sec: 1, burst: 2 }), ..KernelPolicy::for_port(1) };
+        let policy =
+            KernelPolicy { syn_limit: Some(SynLimit { rate_per_sec: 1, burst: 2 }), ..KernelPolicy::for_port(1) };
         let listen = "127.0.0.1:1".parse().unwrap();
         let d = Defense::start_with(&cfg(false, &[]), listen, Options { policy: policy.clone(), pin_dir: None });
         let ip: IpAddr = "203.0.113.5".parse().unwrap();

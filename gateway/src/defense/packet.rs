@@ -169,7 +169,15 @@ impl Classifier<'_> {
         self.malformed(Counter::MalformedIpv6ExtChain)
     }
 
-    fn finish(&mut self, f: &[u8], proto: u8, l4: usize, src: IpAddr, monitor: Option<Counter>, now: Instant) -> Judgement {
+    fn finish(
+        &mut self,
+        f: &[u8],
+        proto: u8,
+        l4: usize,
+        src: IpAddr,
+        monitor: Option<Counter>,
+        now: Instant,
+    ) -> Judgement {
         let default = Judgement { drop: false, reason: monitor.unwrap_or(Counter::PassNoMatch) };
         if proto != 6 || self.policy.syn_limit.is_none() {
             return default;
@@ -218,7 +226,10 @@ mod tests {
         let policy = KernelPolicy::for_port(443);
         let mut c = Classifier { rules: &rules, policy: &policy, syn: None };
         let now = Instant::now();
-        assert_eq!(c.classify(&frame_v4([192, 0, 2, 1], 6), now), Judgement { drop: true, reason: Counter::DropBanExact });
+        assert_eq!(
+            c.classify(&frame_v4([192, 0, 2, 1], 6), now),
+            Judgement { drop: true, reason: Counter::DropBanExact }
+        );
         assert_eq!(c.classify(&frame_v4([192, 0, 2, 2], 6), now).reason, Counter::PassNoMatch);
         assert_eq!(c.classify(&frame_v4([192, 0, 2, 2], 6)[..20], now).reason, Counter::MalformedIpv4);
         assert_eq!(c.classify(&[0u8; 10], now).reason, Counter::MalformedL2);

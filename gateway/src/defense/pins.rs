@@ -94,7 +94,11 @@ pub fn prepare(dir: &Path) -> Result<bool, PinError> {
         }
         found = true;
         let info = MapInfo::from_pin(&path).map_err(|source| PinError::Unreadable { path: path.clone(), source })?;
-        for (what, got, want) in [("key size", info.key_size(), key), ("value size", info.value_size(), value), ("max entries", info.max_entries(), max)] {
+        for (what, got, want) in [
+            ("key size", info.key_size(), key),
+            ("value size", info.value_size(), value),
+            ("max entries", info.max_entries(), max),
+        ] {
             if got != want {
                 return Err(PinError::Incompatible { path, what, found: got, expected: want });
             }
@@ -105,7 +109,9 @@ pub fn prepare(dir: &Path) -> Result<bool, PinError> {
 
 fn mount_bpffs(at: &Path) -> bool {
     // SAFETY: mount with NUL-terminated strings; failure is reported by rc.
-    let rc = unsafe { libc::mount(c"bpf".as_ptr(), c"/sys/fs/bpf".as_ptr(), c"bpf".as_ptr(), 0, c"mode=0700".as_ptr().cast()) };
+    let rc = unsafe {
+        libc::mount(c"bpf".as_ptr(), c"/sys/fs/bpf".as_ptr(), c"bpf".as_ptr(), 0, c"mode=0700".as_ptr().cast())
+    };
     rc == 0 && is_bpffs(at)
 }
 
@@ -165,10 +171,17 @@ pub fn status(dir: &Path) -> Result<Status, PinError> {
         PerCpuArray::try_from(Map::PerCpuArray(open(MAP_COUNTERS)?)).map_err(|e| unreadable(MAP_COUNTERS, e))?;
     let counters = gateway_common::Counter::ALL
         .iter()
-        .map(|c| (c.name(), counters.get(&(*c as u32), 0).map(|v| v.iter().copied().fold(0u64, u64::wrapping_add)).unwrap_or(0)))
+        .map(|c| {
+            (
+                c.name(),
+                counters.get(&(*c as u32), 0).map(|v| v.iter().copied().fold(0u64, u64::wrapping_add)).unwrap_or(0),
+            )
+        })
         .collect();
-    let v4: HashMap<MapData, u32, BanEntry> = HashMap::try_from(Map::HashMap(open(MAP_BAN_V4)?)).map_err(|e| unreadable(MAP_BAN_V4, e))?;
-    let v6: HashMap<MapData, [u8; 16], BanEntry> = HashMap::try_from(Map::HashMap(open(MAP_BAN_V6)?)).map_err(|e| unreadable(MAP_BAN_V6, e))?;
+    let v4: HashMap<MapData, u32, BanEntry> =
+        HashMap::try_from(Map::HashMap(open(MAP_BAN_V4)?)).map_err(|e| unreadable(MAP_BAN_V4, e))?;
+    let v6: HashMap<MapData, [u8; 16], BanEntry> =
+        HashMap::try_from(Map::HashMap(open(MAP_BAN_V6)?)).map_err(|e| unreadable(MAP_BAN_V6, e))?;
     let exact_bans = v4.keys().filter(Result::is_ok).count() + v6.keys().filter(Result::is_ok).count();
     let links = links(dir).into_iter().map(|(_, iface, mode)| (iface, mode)).collect();
     Ok(Status { links, exact_bans, counters })

@@ -104,7 +104,10 @@ mod tests {
         assert!(b.take("192.0.2.2".parse().unwrap(), t0), "other sources have their own bucket");
         assert!(!b.take(a, t0 + Duration::from_millis(400)), "0.8 tokens is not enough");
         assert!(b.take(a, t0 + Duration::from_millis(500)), "refilled to 1 token at 2/s");
-        assert!(!b.take("::ffff:192.0.2.1".parse().unwrap(), t0 + Duration::from_millis(500)), "v4-mapped shares the bucket");
+        assert!(
+            !b.take("::ffff:192.0.2.1".parse().unwrap(), t0 + Duration::from_millis(500)),
+            "v4-mapped shares the bucket"
+        );
     }
 
     #[test]

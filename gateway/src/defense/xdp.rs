@@ -16,12 +16,12 @@ use aya::programs::xdp::{XdpLink, XdpLinkId};
 use aya::programs::{ProgramError, Xdp, XdpMode};
 use aya::{Ebpf, EbpfError, EbpfLoader};
 use aya::{TestRun, TestRunOptions};
-use std::time::{Duration, Instant};
 use gateway_common::{
-    AllowEntry, BanEntry, Counter, EventStat, RuntimeConfig, BAN_FLAG_MONITOR, EVENTS_MAX_PER_SEC,
-    MAP_ALLOW_V4, MAP_ALLOW_V6, MAP_BAN_CIDR_V4, MAP_BAN_CIDR_V6, MAP_BAN_V4, MAP_BAN_V6,
-    MAP_CONFIG, MAP_COUNTERS, MAP_DROP_EVENTS, MAP_EVENT_STATS, MAP_LISTEN_PORTS, PROGRAM_NAME,
+    AllowEntry, BanEntry, Counter, EventStat, RuntimeConfig, BAN_FLAG_MONITOR, EVENTS_MAX_PER_SEC, MAP_ALLOW_V4,
+    MAP_ALLOW_V6, MAP_BAN_CIDR_V4, MAP_BAN_CIDR_V6, MAP_BAN_V4, MAP_BAN_V6, MAP_CONFIG, MAP_COUNTERS, MAP_DROP_EVENTS,
+    MAP_EVENT_STATS, MAP_LISTEN_PORTS, PROGRAM_NAME,
 };
+use std::time::{Duration, Instant};
 
 use super::events::EventSampling;
 use super::pins::{self, PinError};
@@ -49,7 +49,9 @@ pub enum XdpError {
     TestRun(Box<ProgramError>),
     #[error(transparent)]
     Pin(#[from] PinError),
-    #[error("cannot pin or reuse the XDP link {path}: {message}; run `gateway xdp detach` to start from a clean state")]
+    #[error(
+        "cannot pin or reuse the XDP link {path}: {message}; run `gateway xdp detach` to start from a clean state"
+    )]
     Link { path: PathBuf, message: String },
     #[error("kernel map update failed: {0}")]
     Update(MapError),
@@ -102,7 +104,14 @@ impl KernelPolicy {
     /// Defaults for a gateway listening on `port`: no SYN limit (it needs
     /// rates chosen for the deployment), fragments pass, malformed drop.
     pub fn for_port(port: u16) -> KernelPolicy {
-        KernelPolicy { monitor: false, drop_fragments: false, drop_malformed: true, syn_limit: None, listen_ports: vec![port], events: None }
+        KernelPolicy {
+            monitor: false,
+            drop_fragments: false,
+            drop_malformed: true,
+            syn_limit: None,
+            listen_ports: vec![port],
+            events: None,
+        }
     }
 
     /// Everything wrong with this policy as an operator setting, for config
@@ -134,13 +143,18 @@ impl KernelPolicy {
             }
         }
         if self.listen_ports.len() > gateway_common::LISTEN_PORTS_CAPACITY as usize {
-            p.push(format!("{} listening ports, at most {} fit the kernel map", self.listen_ports.len(), gateway_common::LISTEN_PORTS_CAPACITY));
+            p.push(format!(
+                "{} listening ports, at most {} fit the kernel map",
+                self.listen_ports.len(),
+                gateway_common::LISTEN_PORTS_CAPACITY
+            ));
         }
         p
     }
 
     pub fn runtime_config(&self) -> RuntimeConfig {
-        let verdict = |drop: bool| if drop { gateway_common::Verdict::Drop as u32 } else { gateway_common::Verdict::Pass as u32 };
+        let verdict =
+            |drop: bool| if drop { gateway_common::Verdict::Drop as u32 } else { gateway_common::Verdict::Pass as u32 };
         let mut flags = 0;
         if self.monitor {
             flags |= gateway_common::CFG_FLAG_MONITOR;
@@ -193,7 +207,8 @@ pub struct Kernel {
 }
 
 fn take<T: TryFrom<aya::maps::Map, Error = MapError>>(ebpf: &mut Ebpf, name: &'static str) -> Result<T, XdpError> {
-    let map = ebpf.take_map(name).ok_or(XdpError::Map { name, source: MapError::InvalidName { name: name.to_string() } })?;
+    let map =
+        ebpf.take_map(name).ok_or(XdpError::Map { name, source: MapError::InvalidName { name: name.to_string() } })?;
     T::try_from(map).map_err(|source| XdpError::Map { name, source })
 }
 
@@ -327,7 +342,9 @@ impl Kernel {
         for (name, path) in &map_paths {
             loader.map_pin_path(name, path.as_path());
         }
-        let mut ebpf = loader.load_file(object).map_err(|source| XdpError::Load { path: object.to_path_buf(), source: Box::new(source) })?;
+        let mut ebpf = loader
+            .load_file(object)
+            .map_err(|source| XdpError::Load { path: object.to_path_buf(), source: Box::new(source) })?;
         {
             let prog: &mut Xdp = ebpf
                 .program_mut(PROGRAM_NAME)
@@ -423,7 +440,8 @@ impl Kernel {
                 reuse = Some((path, m));
             } else {
                 tracing::info!(pin = %path.display(), "removing an XDP link pinned for another interface or mode (config changed)");
-                std::fs::remove_file(&path).map_err(|e| XdpError::Link { path: path.clone(), message: e.to_string() })?;
+                std::fs::remove_file(&path)
+                    .map_err(|e| XdpError::Link { path: path.clone(), message: e.to_string() })?;
             }
         }
         if let Some((path, m)) = reuse {
@@ -491,12 +509,16 @@ impl Kernel {
     fn attach(&mut self, interface: &str, mode: AttachMode) -> Result<(&'static str, XdpLinkId), XdpError> {
         let prog = self.program()?;
         let try_mode = |prog: &mut Xdp, m: XdpMode, name: &'static str, hint: &'static str| {
-            prog.attach(interface, m)
-                .map(|id| (name, id))
-                .map_err(|source| XdpError::Attach { interface: interface.to_string(), mode: name, source: Box::new(source), hint })
+            prog.attach(interface, m).map(|id| (name, id)).map_err(|source| XdpError::Attach {
+                interface: interface.to_string(),
+                mode: name,
+                source: Box::new(source),
+                hint,
+            })
         };
         const NATIVE_HINT: &str = "the driver may not support native XDP; use xdp.attach_mode = \"skb\" (or \"auto\")";
-        const SKB_HINT: &str = "check that the interface exists (`ip link`) and has no other XDP program (`ip link show dev IFACE`)";
+        const SKB_HINT: &str =
+            "check that the interface exists (`ip link`) and has no other XDP program (`ip link show dev IFACE`)";
         match mode {
             AttachMode::Native => try_mode(prog, XdpMode::Driver, "native", NATIVE_HINT),
             AttachMode::Skb => try_mode(prog, XdpMode::Skb, "skb", SKB_HINT),
@@ -597,17 +619,30 @@ mod tests {
     #[test]
     fn policy_problems_are_all_reported() {
         assert!(KernelPolicy::for_port(443).problems().is_empty());
-        let bad = KernelPolicy { syn_limit: Some(SynLimit { rate_per_sec: 0, burst: 0 }), listen_ports: vec![], ..KernelPolicy::for_port(1) };
+        let bad = KernelPolicy {
+            syn_limit: Some(SynLimit { rate_per_sec: 0, burst: 0 }),
+            listen_ports: vec![],
+            ..KernelPolicy::for_port(1)
+        };
         let p = bad.problems();
         assert_eq!(p.len(), 3, "{p:?}");
-        let bad_events = KernelPolicy { events: Some(EventSampling { one_in: 0, per_sec: EVENTS_MAX_PER_SEC + 1 }), ..KernelPolicy::for_port(1) };
+        let bad_events = KernelPolicy {
+            events: Some(EventSampling { one_in: 0, per_sec: EVENTS_MAX_PER_SEC + 1 }),
+            ..KernelPolicy::for_port(1)
+        };
         assert_eq!(bad_events.problems().len(), 2, "{:?}", bad_events.problems());
-        let events = KernelPolicy { events: Some(EventSampling { one_in: 10, per_sec: 100 }), ..KernelPolicy::for_port(1) };
+        let events =
+            KernelPolicy { events: Some(EventSampling { one_in: 10, per_sec: 100 }), ..KernelPolicy::for_port(1) };
         assert!(events.problems().is_empty());
         let rc = events.runtime_config();
         assert_eq!((rc.flags, rc.events_one_in, rc.events_per_sec), (gateway_common::CFG_FLAG_EVENTS, 10, 100));
-        assert_eq!(KernelPolicy::for_port(1).runtime_config().flags & gateway_common::CFG_FLAG_EVENTS, 0, "events are off by default");
-        let ok = KernelPolicy { syn_limit: Some(SynLimit { rate_per_sec: 50, burst: 100 }), ..KernelPolicy::for_port(443) };
+        assert_eq!(
+            KernelPolicy::for_port(1).runtime_config().flags & gateway_common::CFG_FLAG_EVENTS,
+            0,
+            "events are off by default"
+        );
+        let ok =
+            KernelPolicy { syn_limit: Some(SynLimit { rate_per_sec: 50, burst: 100 }), ..KernelPolicy::for_port(443) };
         assert!(ok.problems().is_empty());
         assert_eq!(ok.runtime_config().flags, gateway_common::CFG_FLAG_SYN_LIMIT);
         assert_eq!((ok.runtime_config().syn_rate_per_sec, ok.runtime_config().syn_burst), (50, 100));
@@ -621,7 +656,10 @@ mod tests {
         assert_eq!(expiry_instant(now_ns, now, now_ns), None);
         let later = expiry_instant(now_ns + 5_000_000_000, now, now_ns).flatten().unwrap();
         assert_eq!(later - now, Duration::from_secs(5));
-        let rule = Rule { expires_at: Some(Instant::now() + Duration::from_secs(10)), ..Rule::ban(IpNet::host("192.0.2.1".parse().unwrap())) };
+        let rule = Rule {
+            expires_at: Some(Instant::now() + Duration::from_secs(10)),
+            ..Rule::ban(IpNet::host("192.0.2.1".parse().unwrap()))
+        };
         let ns = expiry_ns(&rule);
         let back = ns - monotonic_ns();
         assert!((9_000_000_000..=10_000_000_000).contains(&back), "{back}");

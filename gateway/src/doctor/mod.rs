@@ -94,11 +94,19 @@ pub fn recommendations(cfg: &Config) -> Vec<Recommendation> {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Outcome {
     Ok,
-    Off { found: i64 },
+    Off {
+        found: i64,
+    },
     /// Unreadable (no such sysctl in this kernel or namespace, or no permission).
     Unknown(String),
-    Applied { was: i64, now: i64 },
-    ApplyFailed { found: i64, error: String },
+    Applied {
+        was: i64,
+        now: i64,
+    },
+    ApplyFailed {
+        found: i64,
+        error: String,
+    },
 }
 
 #[derive(Debug, Clone)]
@@ -148,7 +156,14 @@ pub fn render(findings: &[Finding]) -> String {
     for f in findings {
         let (mark, detail) = match &f.outcome {
             Outcome::Ok => ("ok  ", "".to_string()),
-            Outcome::Off { found } => ("FIX ", format!("is {found}; run `gateway doctor --apply` or `sysctl -w {}={}`", f.rec.name, f.rec.want.target())),
+            Outcome::Off { found } => (
+                "FIX ",
+                format!(
+                    "is {found}; run `gateway doctor --apply` or `sysctl -w {}={}`",
+                    f.rec.name,
+                    f.rec.want.target()
+                ),
+            ),
             Outcome::Unknown(e) => ("??  ", format!("cannot read: {e}")),
             Outcome::Applied { was, now } => ("set ", format!("was {was}, now {now}")),
             Outcome::ApplyFailed { found, error } => ("FAIL", format!("is {found}; could not set it: {error}")),

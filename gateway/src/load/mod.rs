@@ -208,7 +208,9 @@ pub async fn push_bench(
     }
     let elapsed = started.elapsed();
     lat.sort();
-    let pct = |p: f64| lat.get(((lat.len() as f64 * p) as usize).min(lat.len().saturating_sub(1))).copied().unwrap_or_default();
+    let pct = |p: f64| {
+        lat.get(((lat.len() as f64 * p) as usize).min(lat.len().saturating_sub(1))).copied().unwrap_or_default()
+    };
     Ok(PushBenchReport {
         requests: lat.len() as u64,
         complete: complete.load(Ordering::Relaxed),

@@ -106,30 +106,73 @@ impl Default for Metrics {
             connections_open: Gauge::default(),
             connections_prelogin: Gauge::default(),
             connections_accepted: Counter::default(),
-            connections_refused: Labeled::new("reason", ["blacklisted", "capacity", "conn_rate", "per_source_open", "per_source_prelogin", "other"]),
+            connections_refused: Labeled::new(
+                "reason",
+                ["blacklisted", "capacity", "conn_rate", "per_source_open", "per_source_prelogin", "other"],
+            ),
             accept_errors: Counter::default(),
             tls_handshake_failures: Counter::default(),
             logins: Labeled::new(
                 "result",
-                ["ok", "token_invalid", "token_expired", "bad_identity", "duplicate_session", "timeout", "protocol", "banned", "other"],
+                [
+                    "ok",
+                    "token_invalid",
+                    "token_expired",
+                    "bad_identity",
+                    "duplicate_session",
+                    "timeout",
+                    "protocol",
+                    "banned",
+                    "other",
+                ],
             ),
             heartbeats: Counter::default(),
             heartbeat_timeouts: Counter::default(),
-            pushes: Labeled::new("result", ["delivered", "acked", "queued", "offline", "slow", "timeout", "closed", "other"]),
+            pushes: Labeled::new(
+                "result",
+                ["delivered", "acked", "queued", "offline", "slow", "timeout", "closed", "other"],
+            ),
             push_acks: Labeled::new("result", ["matched", "other"]),
             frames_rejected: Labeled::new(
                 "code",
-                ["bad_version", "unknown_op", "frame_too_large", "malformed", "bad_flags", "not_logged_in", "already_logged_in", "unexpected_op", "other"],
+                [
+                    "bad_version",
+                    "unknown_op",
+                    "frame_too_large",
+                    "malformed",
+                    "bad_flags",
+                    "not_logged_in",
+                    "already_logged_in",
+                    "unexpected_op",
+                    "other",
+                ],
             ),
             slow_consumer_disconnects: Counter::default(),
             sends: Labeled::new(
                 "result",
-                ["ok", "target_offline", "target_slow", "upstream_error", "upstream_timeout", "upstream_busy", "rejected", "other"],
+                [
+                    "ok",
+                    "target_offline",
+                    "target_slow",
+                    "upstream_error",
+                    "upstream_timeout",
+                    "upstream_busy",
+                    "rejected",
+                    "other",
+                ],
             ),
             kicks: Labeled::new("reason", ["duplicate_login", "kicked_by_admin", "banned", "other"]),
             abuse_hits: Labeled::new(
                 "detector",
-                ["conn_rate", "per_source_open", "per_source_prelogin", "global_cap", "packet_rate_drop", "packet_rate_disconnect", "other"],
+                [
+                    "conn_rate",
+                    "per_source_open",
+                    "per_source_prelogin",
+                    "global_cap",
+                    "packet_rate_drop",
+                    "packet_rate_disconnect",
+                    "other",
+                ],
             ),
             auto_bans: Counter::default(),
             ban_apply_errors: Counter::default(),
@@ -153,11 +196,26 @@ impl Metrics {
         };
         counter(&mut o, "gateway_connections_accepted_total", "Sockets accepted.", self.connections_accepted.get());
         self.connections_refused.render(&mut o, "gateway_connections_refused_total", "Sockets closed at accept.");
-        counter(&mut o, "gateway_accept_errors_total", "accept() errors (EMFILE and friends).", self.accept_errors.get());
-        counter(&mut o, "gateway_tls_handshake_failures_total", "Failed TLS handshakes.", self.tls_handshake_failures.get());
+        counter(
+            &mut o,
+            "gateway_accept_errors_total",
+            "accept() errors (EMFILE and friends).",
+            self.accept_errors.get(),
+        );
+        counter(
+            &mut o,
+            "gateway_tls_handshake_failures_total",
+            "Failed TLS handshakes.",
+            self.tls_handshake_failures.get(),
+        );
         self.logins.render(&mut o, "gateway_logins_total", "LOGIN attempts by result.");
         counter(&mut o, "gateway_heartbeats_total", "HEARTBEAT frames received.", self.heartbeats.get());
-        counter(&mut o, "gateway_heartbeat_timeouts_total", "Sessions closed for silence.", self.heartbeat_timeouts.get());
+        counter(
+            &mut o,
+            "gateway_heartbeat_timeouts_total",
+            "Sessions closed for silence.",
+            self.heartbeat_timeouts.get(),
+        );
         self.pushes.render(&mut o, "gateway_pushes_total", "Per-session push outcomes.");
         self.push_acks.render(&mut o, "gateway_push_acks_total", "PUSH_ACK frames received.");
         self.frames_rejected.render(&mut o, "gateway_frames_rejected_total", "Client frames answered with ERROR.");
@@ -169,10 +227,24 @@ impl Metrics {
         );
         self.sends.render(&mut o, "gateway_sends_total", "Client SEND frames by result.");
         self.kicks.render(&mut o, "gateway_kicks_total", "Sessions kicked, by reason.");
-        self.abuse_hits.render(&mut o, "gateway_abuse_hits_total", "Abuse detector verdicts (refusals, drops, disconnects), by detector.");
+        self.abuse_hits.render(
+            &mut o,
+            "gateway_abuse_hits_total",
+            "Abuse detector verdicts (refusals, drops, disconnects), by detector.",
+        );
         counter(&mut o, "gateway_auto_bans_total", "Bans made by detectors.", self.auto_bans.get());
-        counter(&mut o, "gateway_ban_apply_errors_total", "Ban changes not applied to the kernel or not saved.", self.ban_apply_errors.get());
-        counter(&mut o, "gateway_busy_replies_total", "Connections refused at listen.max_connections with a busy reply.", self.busy_replies.get());
+        counter(
+            &mut o,
+            "gateway_ban_apply_errors_total",
+            "Ban changes not applied to the kernel or not saved.",
+            self.ban_apply_errors.get(),
+        );
+        counter(
+            &mut o,
+            "gateway_busy_replies_total",
+            "Connections refused at listen.max_connections with a busy reply.",
+            self.busy_replies.get(),
+        );
         o.push_str(extra);
         o
     }

@@ -15,20 +15,51 @@ use super::{Code, Frame, Op};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Message {
-    Login { token: String },
-    LoginAck { node_id: String, session_id: u64, heartbeat_secs: u32 },
+    Login {
+        token: String,
+    },
+    LoginAck {
+        node_id: String,
+        session_id: u64,
+        heartbeat_secs: u32,
+    },
     Heartbeat,
     HeartbeatAck,
     /// `to` empty: for the business upstream only; otherwise a uid to relay to.
-    Send { to: String, payload: Bytes },
-    SendAck { code: u16, message: String, payload: Bytes },
-    Push { push_id: u64, from: String, payload: Bytes },
-    PushAck { push_id: u64 },
-    Kick { code: u16, message: String },
+    Send {
+        to: String,
+        payload: Bytes,
+    },
+    SendAck {
+        code: u16,
+        message: String,
+        payload: Bytes,
+    },
+    Push {
+        push_id: u64,
+        from: String,
+        payload: Bytes,
+    },
+    PushAck {
+        push_id: u64,
+    },
+    Kick {
+        code: u16,
+        message: String,
+    },
     /// Reconnect to one of `targets` (host:port) after `delay_ms`, then close this one.
-    Migrate { delay_ms: u32, targets: Vec<String> },
-    Error { code: u16, message: String },
-    Close { code: u16, message: String },
+    Migrate {
+        delay_ms: u32,
+        targets: Vec<String>,
+    },
+    Error {
+        code: u16,
+        message: String,
+    },
+    Close {
+        code: u16,
+        message: String,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

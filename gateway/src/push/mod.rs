@@ -69,7 +69,14 @@ pub struct PushOptions {
 }
 
 /// Deliver `payload` to every session of `uid` and wait for the outcomes.
-pub async fn push_to_uid(node: &Arc<Node>, uid: &str, from: &str, payload: &Bytes, push_id: u64, opts: &PushOptions) -> UidOutcome {
+pub async fn push_to_uid(
+    node: &Arc<Node>,
+    uid: &str,
+    from: &str,
+    payload: &Bytes,
+    push_id: u64,
+    opts: &PushOptions,
+) -> UidOutcome {
     let sessions: Vec<Arc<SessionHandle>> =
         node.registry.by_uid(uid).into_iter().filter(|s| Some(s.id) != opts.except_session).collect();
     if sessions.is_empty() {
@@ -84,7 +91,14 @@ pub async fn push_to_uid(node: &Arc<Node>, uid: &str, from: &str, payload: &Byte
     UidOutcome { uid: uid.to_string(), status, sessions: outcomes }
 }
 
-async fn deliver_one(node: &Arc<Node>, s: &Arc<SessionHandle>, frame: Bytes, push_id: u64, wait_ack: bool, deadline: Instant) -> SessionOutcome {
+async fn deliver_one(
+    node: &Arc<Node>,
+    s: &Arc<SessionHandle>,
+    frame: Bytes,
+    push_id: u64,
+    wait_ack: bool,
+    deadline: Instant,
+) -> SessionOutcome {
     // Register before queueing, or a fast client could ack before we listen.
     let ack = wait_ack.then(|| node.acks.wait(push_id, s.id));
     let (written_tx, written_rx) = tokio::sync::oneshot::channel();

@@ -161,7 +161,9 @@ impl<E: RegistryEntry> Registry<E> {
             let forward: usize = s.by_uid.values().map(Vec::len).sum();
             forward == s.by_id.len()
                 && s.by_uid.iter().all(|(uid, v)| {
-                    v.iter().all(|e| e.uid() == &**uid && s.by_id.get(&e.session_id()).is_some_and(|b| b.device() == e.device()))
+                    v.iter().all(|e| {
+                        e.uid() == &**uid && s.by_id.get(&e.session_id()).is_some_and(|b| b.device() == e.device())
+                    })
                 })
         })
     }

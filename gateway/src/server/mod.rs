@@ -112,7 +112,8 @@ pub async fn start(config: Config) -> Result<Gateway, StartError> {
     if let Some((_, state::SecretSource::Generated(p))) = &secret {
         tracing::info!(file = %p.display(), "generated a dev JWT secret (mint tokens with `gateway token`)");
     }
-    let verifier = Verifier::new(&config.auth, secret.as_ref().map(|(s, _)| s.as_slice()), config.session.max_uid_bytes)?;
+    let verifier =
+        Verifier::new(&config.auth, secret.as_ref().map(|(s, _)| s.as_slice()), config.session.max_uid_bytes)?;
     let upstream = Upstream::from_config(&config.upstream)?;
 
     let listener = bind(config.listen.addr, config.listen.backlog, "listen.addr")?;
@@ -121,9 +122,19 @@ pub async fn start(config: Config) -> Result<Gateway, StartError> {
         None => None,
     };
     let api = bind(config.push_api.listen, 1024, "push_api.listen")?;
-    let addr = listener.local_addr().map_err(|source| StartError::Bind { addr: config.listen.addr, what: "listen.addr", source, hint: "" })?;
+    let addr = listener.local_addr().map_err(|source| StartError::Bind {
+        addr: config.listen.addr,
+        what: "listen.addr",
+        source,
+        hint: "",
+    })?;
     let plaintext_addr = plain.as_ref().and_then(|l| l.local_addr().ok());
-    let push_api_addr = api.local_addr().map_err(|source| StartError::Bind { addr: config.push_api.listen, what: "push_api.listen", source, hint: "" })?;
+    let push_api_addr = api.local_addr().map_err(|source| StartError::Bind {
+        addr: config.push_api.listen,
+        what: "push_api.listen",
+        source,
+        hint: "",
+    })?;
     let admin = match config.admin.enabled {
         true => Some(bind(config.admin.listen, 1024, "admin.listen")?),
         false => None,
@@ -177,7 +188,10 @@ impl Gateway {
         node.shutdown.cancel();
         let mut told = 0usize;
         node.registry.for_each(|s| {
-            if s.outbox.close(CloseReason::Close(Code::ShuttingDown, "node is shutting down; reconnect to another node".into())) {
+            if s.outbox.close(CloseReason::Close(
+                Code::ShuttingDown,
+                "node is shutting down; reconnect to another node".into(),
+            )) {
                 told += 1;
             }
         });
@@ -280,7 +294,8 @@ async fn accept_loop(
                 node.metrics.connections_refused.inc(detector::CONN_RATE);
                 if first {
                     let cfg = &node.config.abuse;
-                    let reason = format!("over {} connections per {:?} (abuse.conn_rate)", cfg.conn_rate, cfg.conn_rate_window);
+                    let reason =
+                        format!("over {} connections per {:?} (abuse.conn_rate)", cfg.conn_rate, cfg.conn_rate_window);
                     crate::bans::auto_ban(&node, source, detector::CONN_RATE, reason);
                 }
                 tracing::debug!(%peer, count, "connection over the rate limit closed");
@@ -322,7 +337,8 @@ async fn liveness_sweeper(node: Arc<Node>) {
             match check(s.last_seen_ms(), now, timeout) {
                 Liveness::Expired => {
                     node.metrics.heartbeat_timeouts.inc();
-                    s.outbox.close(CloseReason::Error(Code::HeartbeatTimeout, "no heartbeat within the timeout".into()));
+                    s.outbox
+                        .close(CloseReason::Error(Code::HeartbeatTimeout, "no heartbeat within the timeout".into()));
                 }
                 Liveness::RecheckAt(at) => refile.push((at, weak)),
             }

@@ -31,8 +31,8 @@ use tokio_util::codec::FramedRead;
 
 use crate::abuse::{detector, FrameVerdict, PacketRate, SourceSlot};
 use crate::auth::Identity;
-use crate::config::TlsEngine;
 use crate::config::DuplicateLogin;
+use crate::config::TlsEngine;
 use crate::node::Node;
 use crate::protocol::{Code, DecodeError, Frame, FrameCodec, Message, Op};
 use crate::registry::{Policy, Registered};
@@ -96,13 +96,17 @@ pub async fn run(
         // whole session holds no second copy of it.
         Some(config) => match node.config.tls.engine {
             TlsEngine::Lean => {
-                let Some(framed) = Box::pin(handshake(&node, crate::tls::lean::accept(config, tcp), peer, deadline)).await else {
+                let Some(framed) =
+                    Box::pin(handshake(&node, crate::tls::lean::accept(config, tcp), peer, deadline)).await
+                else {
                     return;
                 };
                 serve(&node, &mut guard, framed, peer, deadline).await
             }
             TlsEngine::Buffered => {
-                let Some(framed) = Box::pin(handshake(&node, TlsAcceptor::from(config).accept(tcp), peer, deadline)).await else {
+                let Some(framed) =
+                    Box::pin(handshake(&node, TlsAcceptor::from(config).accept(tcp), peer, deadline)).await
+                else {
                     return;
                 };
                 serve(&node, &mut guard, framed, peer, deadline).await
@@ -118,7 +122,11 @@ pub async fn run(
 type Conn<S> = Box<FramedRead<S, FrameCodec>>;
 
 fn framed<S: AsyncRead>(node: &Node, io: S) -> Conn<S> {
-    Box::new(FramedRead::with_capacity(io, FrameCodec::new(node.config.session.max_prelogin_frame_bytes), READ_BUF_INITIAL))
+    Box::new(FramedRead::with_capacity(
+        io,
+        FrameCodec::new(node.config.session.max_prelogin_frame_bytes),
+        READ_BUF_INITIAL,
+    ))
 }
 
 /// Run a TLS handshake (either engine) under the login deadline and frame the result.
@@ -164,7 +172,8 @@ where
 
     let session_id = node.registry.allocate_id(&identity.uid);
     let now = node.clock.now_ms();
-    let handle = Arc::new(SessionHandle::new(session_id, &identity.uid, &identity.device, peer, cfg.outbound_queue_bytes, now));
+    let handle =
+        Arc::new(SessionHandle::new(session_id, &identity.uid, &identity.device, peer, cfg.outbound_queue_bytes, now));
     // LOGIN_ACK goes first in the queue, so no push can overtake it.
     let ack = Message::LoginAck {
         node_id: node.id.clone(),
@@ -204,7 +213,9 @@ where
     guard.logged_in();
     if node.shutdown.is_cancelled() {
         // Shutdown's sweep of the registry may have run before we registered.
-        handle.outbox.close(CloseReason::Close(Code::ShuttingDown, "node is shutting down; reconnect to another node".into()));
+        handle
+            .outbox
+            .close(CloseReason::Close(Code::ShuttingDown, "node is shutting down; reconnect to another node".into()));
     }
     node.liveness.lock().schedule(now + node.heartbeat_timeout_ms(), Arc::downgrade(&handle));
     framed.decoder_mut().set_max_body(cfg.max_frame_bytes);
@@ -230,7 +241,12 @@ where
 
 /// Wait for a valid LOGIN before `deadline`. On any failure the client gets an
 /// ERROR (best effort) and `None` is returned.
-async fn admit<S>(node: &Node, framed: &mut FramedRead<S, FrameCodec>, peer: SocketAddr, deadline: Instant) -> Option<(Identity, u32)>
+async fn admit<S>(
+    node: &Node,
+    framed: &mut FramedRead<S, FrameCodec>,
+    peer: SocketAddr,
+    deadline: Instant,
+) -> Option<(Identity, u32)>
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
@@ -306,7 +322,11 @@ where
 }
 
 /// Why the loop ended, or `None` when the peer went away.
-async fn session_loop<S>(node: &Arc<Node>, handle: &Arc<SessionHandle>, framed: &mut FramedRead<S, FrameCodec>) -> Option<CloseReason>
+async fn session_loop<S>(
+    node: &Arc<Node>,
+    handle: &Arc<SessionHandle>,
+    framed: &mut FramedRead<S, FrameCodec>,
+) -> Option<CloseReason>
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
@@ -440,11 +460,19 @@ fn on_frame(node: &Arc<Node>, handle: &Arc<SessionHandle>, frame: Frame) -> Resu
         Message::Close { .. } => return Err(CloseReason::Close(Code::Normal, "bye".into())),
         Message::Login { .. } => {
             node.metrics.frames_rejected.inc(Code::AlreadyLoggedIn.name());
-            return Err(CloseReason::Reject(Code::AlreadyLoggedIn, "LOGIN on a logged-in connection".into(), frame.seq));
+            return Err(CloseReason::Reject(
+                Code::AlreadyLoggedIn,
+                "LOGIN on a logged-in connection".into(),
+                frame.seq,
+            ));
         }
         other => {
             node.metrics.frames_rejected.inc(Code::UnexpectedOp.name());
-            return Err(CloseReason::Reject(Code::UnexpectedOp, format!("{} is a server-to-client op", other.op().name()), frame.seq));
+            return Err(CloseReason::Reject(
+                Code::UnexpectedOp,
+                format!("{} is a server-to-client op", other.op().name()),
+                frame.seq,
+            ));
         }
     }
     Ok(())

@@ -31,7 +31,10 @@ pub enum CloseReason {
 impl CloseReason {
     pub fn code(&self) -> Code {
         match self {
-            CloseReason::Kick(c, _) | CloseReason::Close(c, _) | CloseReason::Error(c, _) | CloseReason::Reject(c, _, _) => *c,
+            CloseReason::Kick(c, _)
+            | CloseReason::Close(c, _)
+            | CloseReason::Error(c, _)
+            | CloseReason::Reject(c, _, _) => *c,
         }
     }
 }
@@ -77,7 +80,8 @@ impl Outbox {
             return Err(PushError::Closed);
         }
         if s.bytes + frame.len() > self.limit {
-            s.closing = Some(CloseReason::Error(Code::SlowConsumer, "outbound queue full: client is not reading".into()));
+            s.closing =
+                Some(CloseReason::Error(Code::SlowConsumer, "outbound queue full: client is not reading".into()));
             // Nothing queued will be written; free it now rather than at close.
             s.queue = VecDeque::new();
             s.bytes = 0;

@@ -41,13 +41,8 @@ pub fn ensure_dir(dir: &Path) -> Result<(), StateError> {
 /// Write `data` to `path` atomically (temp file + rename) with mode 0600.
 pub fn write_private(path: &Path, data: &[u8]) -> Result<(), StateError> {
     let tmp = path.with_extension("tmp");
-    let mut f = fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(&tmp)
-        .map_err(io(&tmp))?;
+    let mut f =
+        fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(&tmp).map_err(io(&tmp))?;
     f.write_all(data).map_err(io(&tmp))?;
     f.sync_all().map_err(io(&tmp))?;
     fs::rename(&tmp, path).map_err(io(path))

@@ -222,7 +222,8 @@ impl LeanTlsStream {
             return Err(LeanTlsError::Broken);
         }
         loop {
-            let UnbufferedStatus { mut discard, state } = self.tls.process_tls_records(&mut self.incoming[self.in_start..]);
+            let UnbufferedStatus { mut discard, state } =
+                self.tls.process_tls_records(&mut self.incoming[self.in_start..]);
             let step = match state {
                 Err(e) => Err(LeanTlsError::Tls(e)),
                 Ok(ConnectionState::ReadTraffic(mut traffic)) => {
@@ -253,8 +254,10 @@ impl LeanTlsStream {
                 // and names the exact room it needs. A probe that succeeds had nothing to write.
                 Ok(ConnectionState::EncodeTlsData(mut enc)) => match enc.encode(&mut []) {
                     Err(EncodeError::InsufficientSize(e)) => {
-                        append_outgoing(&mut self.outgoing, &mut self.out_start, e.required_size, |buf| Ok(enc.encode(buf)?))
-                            .map(|()| Step::Continue)
+                        append_outgoing(&mut self.outgoing, &mut self.out_start, e.required_size, |buf| {
+                            Ok(enc.encode(buf)?)
+                        })
+                        .map(|()| Step::Continue)
                     }
                     Ok(_) => Ok(Step::Continue),
                     Err(e) => Err(e.into()),
@@ -269,8 +272,10 @@ impl LeanTlsStream {
                 Ok(ConnectionState::WriteTraffic(mut w)) => match goal {
                     Goal::Write(data) => match w.encrypt(data, &mut []) {
                         Err(EncryptError::InsufficientSize(e)) => {
-                            append_outgoing(&mut self.outgoing, &mut self.out_start, e.required_size, |buf| Ok(w.encrypt(data, buf)?))
-                                .map(|()| Step::Stop(Outcome::Queued))
+                            append_outgoing(&mut self.outgoing, &mut self.out_start, e.required_size, |buf| {
+                                Ok(w.encrypt(data, buf)?)
+                            })
+                            .map(|()| Step::Stop(Outcome::Queued))
                         }
                         Ok(_) => Ok(Step::Stop(Outcome::Queued)),
                         Err(e) => Err(e.into()),
@@ -278,8 +283,10 @@ impl LeanTlsStream {
                     // The probe makes rustls queue the alert; the second call moves it out.
                     Goal::Close => match w.queue_close_notify(&mut []) {
                         Err(EncryptError::InsufficientSize(e)) => {
-                            append_outgoing(&mut self.outgoing, &mut self.out_start, e.required_size, |buf| Ok(w.queue_close_notify(buf)?))
-                                .map(|()| Step::Stop(Outcome::Queued))
+                            append_outgoing(&mut self.outgoing, &mut self.out_start, e.required_size, |buf| {
+                                Ok(w.queue_close_notify(buf)?)
+                            })
+                            .map(|()| Step::Stop(Outcome::Queued))
                         }
                         Ok(_) => Ok(Step::Stop(Outcome::Queued)),
                         Err(e) => Err(e.into()),
@@ -341,7 +348,9 @@ impl LeanTlsStream {
         let UnbufferedStatus { discard, state } = self.tls.process_tls_records(&mut self.incoming[self.in_start..]);
         if let Ok(ConnectionState::EncodeTlsData(mut enc)) = state {
             if let Err(EncodeError::InsufficientSize(e)) = enc.encode(&mut []) {
-                let _ = append_outgoing(&mut self.outgoing, &mut self.out_start, e.required_size, |buf| Ok(enc.encode(buf)?));
+                let _ = append_outgoing(&mut self.outgoing, &mut self.out_start, e.required_size, |buf| {
+                    Ok(enc.encode(buf)?)
+                });
             }
         }
         self.consume_incoming(discard);
@@ -547,7 +556,11 @@ impl AsyncRead for LeanTlsStream {
             match ready!(this.poll_fill_incoming(cx))? {
                 0 => {
                     let held = this.incoming.len() - this.in_start;
-                    let e = if held > 0 { LeanTlsError::EofMidRecord { held } } else { LeanTlsError::EofWithoutCloseNotify };
+                    let e = if held > 0 {
+                        LeanTlsError::EofMidRecord { held }
+                    } else {
+                        LeanTlsError::EofWithoutCloseNotify
+                    };
                     return Poll::Ready(Err(e.into()));
                 }
                 _ => continue,
@@ -701,7 +714,11 @@ mod tests {
     }
 
     /// A handshaken (server, client) pair over loopback; `client_tcp` lets a test shape the socket.
-    async fn pair_with(p: &Pki, client_tcp: impl Future<Output = TcpStream>, listener: TcpListener) -> (LeanTlsStream, ClientTls<TcpStream>) {
+    async fn pair_with(
+        p: &Pki,
+        client_tcp: impl Future<Output = TcpStream>,
+        listener: TcpListener,
+    ) -> (LeanTlsStream, ClientTls<TcpStream>) {
         let connector = TlsConnector::from(p.client.clone());
         let client = async {
             let tcp = client_tcp.await;
@@ -741,12 +758,16 @@ mod tests {
     }
 
     fn lean_error(e: &io::Error) -> &LeanTlsError {
-        e.get_ref().and_then(|i| i.downcast_ref::<LeanTlsError>()).unwrap_or_else(|| panic!("expected a LeanTlsError inside {e:?}"))
+        e.get_ref()
+            .and_then(|i| i.downcast_ref::<LeanTlsError>())
+            .unwrap_or_else(|| panic!("expected a LeanTlsError inside {e:?}"))
     }
 
     #[tokio::test]
     async fn handshake_and_small_echo_tls13_and_tls12() {
-        for (p, version) in [(tls13(), ProtocolVersion::TLSv1_3), (pki(&[&rustls::version::TLS12]), ProtocolVersion::TLSv1_2)] {
+        for (p, version) in
+            [(tls13(), ProtocolVersion::TLSv1_3), (pki(&[&rustls::version::TLS12]), ProtocolVersion::TLSv1_2)]
+        {
             let (server, mut client) = pair(&p).await;
             assert_eq!(server.tls().protocol_version(), Some(version), "negotiated version");
             let server = tokio::spawn(echo(server));
@@ -951,7 +972,9 @@ mod tests {
         let (mut server, client) = pair(&p).await;
         let (mut tcp, _tls) = client.into_inner();
         tcp.write_all(&[0x17, 0x03, 0x03, 0xff, 0xff, 0]).await.expect("raw write");
-        let e = within("oversized record", server.read(&mut [0u8; 16])).await.expect_err("a 64 KiB record is over the TLS limit");
+        let e = within("oversized record", server.read(&mut [0u8; 16]))
+            .await
+            .expect_err("a 64 KiB record is over the TLS limit");
         assert_eq!(e.kind(), io::ErrorKind::InvalidData);
         assert!(matches!(lean_error(&e), LeanTlsError::Tls(rustls::Error::InvalidMessage(_))), "got {e}");
     }
@@ -1190,14 +1213,18 @@ mod tests {
         let tcp = TcpStream::connect(addr).await.expect("connect");
         let (stcp, _) = listener.accept().await.expect("accept");
         drop(tcp);
-        let e = within("eof handshake", accept(p.server.clone(), stcp)).await.err().expect("no handshake on a closed socket");
+        let e = within("eof handshake", accept(p.server.clone(), stcp))
+            .await
+            .err()
+            .expect("no handshake on a closed socket");
         assert_eq!(e.kind(), io::ErrorKind::UnexpectedEof);
 
         // Not TLS at all.
         let mut tcp = TcpStream::connect(addr).await.expect("connect");
         let (stcp, _) = listener.accept().await.expect("accept");
         tcp.write_all(b"GET / HTTP/1.1\r\n\r\n").await.expect("write");
-        let e = within("garbage handshake", accept(p.server.clone(), stcp)).await.err().expect("HTTP is not a ClientHello");
+        let e =
+            within("garbage handshake", accept(p.server.clone(), stcp)).await.err().expect("HTTP is not a ClientHello");
         assert_eq!(e.kind(), io::ErrorKind::InvalidData);
         let mut reply = Vec::new();
         within("alert", tcp.read_to_end(&mut reply)).await.expect("read the server's answer");
@@ -1209,7 +1236,8 @@ mod tests {
         let (stcp, _) = listener.accept().await.expect("accept");
         let connector = TlsConnector::from(other.client.clone());
         let client = connector.connect(ServerName::try_from("localhost").expect("name"), tcp);
-        let (server, client) = within("untrusted", async { tokio::join!(accept(p.server.clone(), stcp), client) }).await;
+        let (server, client) =
+            within("untrusted", async { tokio::join!(accept(p.server.clone(), stcp), client) }).await;
         assert!(client.is_err(), "client must reject an untrusted certificate");
         assert!(server.is_err(), "server must not report an established session");
     }

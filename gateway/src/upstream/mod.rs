@@ -95,7 +95,14 @@ impl Upstream {
             }
             Upstream::Webhook(w) => {
                 let Ok(permit) = w.inflight.clone().try_acquire_owned() else {
-                    ack(node, from, seq, Code::UpstreamBusy, "too many SENDs in flight on this node; retry".into(), Bytes::new());
+                    ack(
+                        node,
+                        from,
+                        seq,
+                        Code::UpstreamBusy,
+                        "too many SENDs in flight on this node; retry".into(),
+                        Bytes::new(),
+                    );
                     return;
                 };
                 let (node, from, url, http) = (node.clone(), from.clone(), w.url.clone(), w.http.clone());
@@ -128,7 +135,11 @@ async fn relay(node: &Arc<Node>, from: &SessionHandle, to: &str, payload: &Bytes
     if payload.len() > room {
         return (Code::Rejected, format!("payload too large to relay (at most {room} bytes)"));
     }
-    let opts = PushOptions { wait_ack: false, timeout: node.config.push_api.default_ack_timeout, except_session: Some(from.id) };
+    let opts = PushOptions {
+        wait_ack: false,
+        timeout: node.config.push_api.default_ack_timeout,
+        except_session: Some(from.id),
+    };
     let outcome = push::push_to_uid(node, to, &from.uid, payload, node.next_push_id(), &opts).await;
     match outcome.status {
         Status::Delivered | Status::Acked => (Code::Ok, String::new()),
@@ -179,7 +190,9 @@ async fn call_webhook(
             Ok(Some(chunk)) if body.len() + chunk.len() <= cap => body.extend_from_slice(&chunk),
             Ok(Some(_)) => return (Code::UpstreamError, "business upstream answer too large".into(), Bytes::new()),
             Ok(None) => break,
-            Err(e) if e.is_timeout() => return (Code::UpstreamTimeout, "business upstream timed out".into(), Bytes::new()),
+            Err(e) if e.is_timeout() => {
+                return (Code::UpstreamTimeout, "business upstream timed out".into(), Bytes::new())
+            }
             Err(_) => return (Code::UpstreamError, "business upstream answer unreadable".into(), Bytes::new()),
         }
     }

@@ -197,13 +197,22 @@ pub fn run(gateway: &Path, work: &Path, plan: &Plan) -> Result<Report> {
         });
         if transport.starts_with("TLS 1.3, lean") {
             let uids = (plan.procs * plan.per_proc).to_string();
-            for (label, per_push, wait_ack) in
-                [("1 uid per push", 1usize, false), ("1 uid per push, wait_ack", 1, true), ("100 uids per push", 100, false)]
-            {
+            for (label, per_push, wait_ack) in [
+                ("1 uid per push", 1usize, false),
+                ("1 uid per push, wait_ack", 1, true),
+                ("100 uids per push", 100, false),
+            ] {
                 let requests = if per_push > 1 { plan.push_requests / 20 } else { plan.push_requests };
                 let out = Command::new(gateway)
                     .args(["push-bench", "--api", &format!("http://{API}"), "--uids", &uids])
-                    .args(["--uids-per-push", &per_push.to_string(), "--requests", &requests.to_string(), "--concurrency", "32"])
+                    .args([
+                        "--uids-per-push",
+                        &per_push.to_string(),
+                        "--requests",
+                        &requests.to_string(),
+                        "--concurrency",
+                        "32",
+                    ])
                     .args(if wait_ack { vec!["--wait-ack"] } else { vec![] })
                     .output()
                     .context("running gateway push-bench")?;
@@ -233,7 +242,10 @@ pub fn markdown(r: &Report) -> String {
     let mut s = String::new();
     s.push_str("| transport | idle sessions | userspace bytes per idle session | logins/s (handshake + JWT) |\n|---|---:|---:|---:|\n");
     for m in &r.memory {
-        s.push_str(&format!("| {} | {} | {:.0} | {:.0} |\n", m.transport, m.sessions, m.bytes_per_session, m.logins_per_sec));
+        s.push_str(&format!(
+            "| {} | {} | {:.0} | {:.0} |\n",
+            m.transport, m.sessions, m.bytes_per_session, m.logins_per_sec
+        ));
     }
     s.push_str("\n| push API load (TLS sessions, lean engine) | requests | all delivered | requests/s | deliveries/s | p50 ms | p99 ms |\n|---|---:|---:|---:|---:|---:|---:|\n");
     for p in &r.push {

@@ -71,10 +71,22 @@ pub struct Plan {
 
 impl Plan {
     pub fn full() -> Plan {
-        Plan { window: Duration::from_secs(5), windows: 3, warmup: Duration::from_secs(1), full_exact: 1_000_000, full_cidr: 100_000 }
+        Plan {
+            window: Duration::from_secs(5),
+            windows: 3,
+            warmup: Duration::from_secs(1),
+            full_exact: 1_000_000,
+            full_cidr: 100_000,
+        }
     }
     pub fn quick() -> Plan {
-        Plan { window: Duration::from_secs(1), windows: 1, warmup: Duration::from_millis(300), full_exact: 20_000, full_cidr: 2_000 }
+        Plan {
+            window: Duration::from_secs(1),
+            windows: 1,
+            warmup: Duration::from_millis(300),
+            full_exact: 20_000,
+            full_cidr: 2_000,
+        }
     }
 }
 
@@ -233,7 +245,9 @@ impl Topology {
     pub fn describe(self, cpus: usize) -> String {
         match self {
             Topology::Split => format!("generator on CPU 0, receiver (threaded NAPI) pinned to CPU {}", cpus - 1),
-            Topology::Shared => format!("{cpus} generator threads, one per CPU and veth queue, each CPU also receiving"),
+            Topology::Shared => {
+                format!("{cpus} generator threads, one per CPU and veth queue, each CPU also receiving")
+            }
         }
     }
 }
@@ -243,7 +257,13 @@ impl Lab {
         let tag = std::process::id();
         let host_ns = File::open("/proc/thread-self/ns/net").context("opening our own network namespace")?;
         let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
-        let lab = Lab { gen: format!("xbench-gen-{tag}"), rx: format!("xbench-rx-{tag}"), host_ns, xdp_filter_loaded: false, cpus };
+        let lab = Lab {
+            gen: format!("xbench-gen-{tag}"),
+            rx: format!("xbench-rx-{tag}"),
+            host_ns,
+            xdp_filter_loaded: false,
+            cpus,
+        };
         run_quiet("creating the generator netns", Command::new("ip").args(["netns", "add", &lab.gen]))?;
         if let Err(e) = run_quiet("creating the receiver netns", Command::new("ip").args(["netns", "add", &lab.rx])) {
             let _ = Command::new("ip").args(["netns", "del", &lab.gen]).status();
@@ -296,7 +316,14 @@ impl Lab {
         // sysfs shows the namespace it was mounted in: `ip netns exec` remounts it.
         run_quiet(
             "switching threaded NAPI on the receiver veth",
-            Command::new("ip").args(["netns", "exec", &self.rx, "sh", "-c", &format!("echo {on} > /sys/class/net/{RX_IF}/threaded")]),
+            Command::new("ip").args([
+                "netns",
+                "exec",
+                &self.rx,
+                "sh",
+                "-c",
+                &format!("echo {on} > /sys/class/net/{RX_IF}/threaded"),
+            ]),
         )?;
         if t != Topology::Split {
             return Ok(());
@@ -377,13 +404,17 @@ impl Generator {
         let mut threads = Vec::new();
         let (ready_tx, ready_rx) = std::sync::mpsc::channel::<Result<()>>();
         for cpu in 0..threads_n {
-            let (object, gen_ns, stop, sent, ready) = (object.to_path_buf(), gen_ns.to_path_buf(), stop.clone(), sent.clone(), ready_tx.clone());
+            let (object, gen_ns, stop, sent, ready) =
+                (object.to_path_buf(), gen_ns.to_path_buf(), stop.clone(), sent.clone(), ready_tx.clone());
             threads.push(std::thread::spawn(move || -> Result<()> {
                 let setup = || -> Result<(Ebpf, u32)> {
                     pin_to_cpu(cpu)?;
                     setns(&gen_ns)?;
                     let mut ebpf = Ebpf::load_file(&object).with_context(|| format!("loading {}", object.display()))?;
-                    let prog: &mut Xdp = ebpf.program_mut("bench_gen").context("no bench_gen program in the generator object")?.try_into()?;
+                    let prog: &mut Xdp = ebpf
+                        .program_mut("bench_gen")
+                        .context("no bench_gen program in the generator object")?
+                        .try_into()?;
                     prog.load().context("loading the generator program")?;
                     let name = std::ffi::CString::new(GEN_IF)?;
                     // SAFETY: a valid C string; looks up in this thread's netns.
@@ -409,7 +440,8 @@ impl Generator {
                 let mut ctx = [0u8; 24];
                 ctx[4..8].copy_from_slice(&(data.len() as u32).to_ne_bytes());
                 ctx[12..16].copy_from_slice(&ifindex.to_ne_bytes());
-                while !stop.load(Ordering::Relaxed) && !INTERRUPTED.load(Ordering::Relaxed) && Instant::now() < deadline {
+                while !stop.load(Ordering::Relaxed) && !INTERRUPTED.load(Ordering::Relaxed) && Instant::now() < deadline
+                {
                     let opts = TestRunOptions {
                         data_in: Some(&data),
                         ctx_in: Some(&ctx),
@@ -424,8 +456,12 @@ impl Generator {
                         // A signal (e.g. SIGCHLD of a counter-reading
                         // command) cut the call short; how many frames went
                         // out is unknown, so it is not counted as sent.
-                        Err(aya::programs::ProgramError::SyscallError(e)) if e.io_error.raw_os_error() == Some(libc::EINTR) => {}
-                        Err(e) => return Err(anyhow::Error::new(e).context("BPF_PROG_TEST_RUN with live frames (kernel 5.18+ needed)")),
+                        Err(aya::programs::ProgramError::SyscallError(e))
+                            if e.io_error.raw_os_error() == Some(libc::EINTR) => {}
+                        Err(e) => {
+                            return Err(anyhow::Error::new(e)
+                                .context("BPF_PROG_TEST_RUN with live frames (kernel 5.18+ needed)"))
+                        }
                     }
                 }
                 Ok(())
@@ -502,7 +538,14 @@ pub enum Variant {
 }
 
 impl Variant {
-    pub const ALL: [Variant; 6] = [Variant::NoFilter, Variant::Gateway, Variant::XdpFilter, Variant::IptablesRaw, Variant::IptablesIpset, Variant::Nft];
+    pub const ALL: [Variant; 6] = [
+        Variant::NoFilter,
+        Variant::Gateway,
+        Variant::XdpFilter,
+        Variant::IptablesRaw,
+        Variant::IptablesIpset,
+        Variant::Nft,
+    ];
 
     pub fn name(self) -> &'static str {
         match self {
@@ -548,7 +591,10 @@ fn install(lab: &mut Lab, v: Variant, lists: &Lists, gateway_object: &Path) -> R
         Variant::NoFilter => Ok(Installed::None),
         Variant::Gateway => install_gateway(gateway_object, lists).map(|e| Installed::Gateway(Box::new(e))),
         Variant::XdpFilter => {
-            run_quiet("loading xdp-filter", Command::new("xdp-filter").args(["load", "--mode", "native", "--features", "ipv4", RX_IF]))?;
+            run_quiet(
+                "loading xdp-filter",
+                Command::new("xdp-filter").args(["load", "--mode", "native", "--features", "ipv4", RX_IF]),
+            )?;
             lab.xdp_filter_loaded = true;
             fill_xdp_filter(lists)?;
             Ok(Installed::XdpFilter)
@@ -567,8 +613,18 @@ fn install(lab: &mut Lab, v: Variant, lists: &Lists, gateway_object: &Path) -> R
         }
         Variant::IptablesIpset => {
             let mut s = String::new();
-            let _ = writeln!(s, "create xb_ip hash:ip family inet hashsize {} maxelem {}", lists.exact.len().next_power_of_two().max(1024), lists.exact.len().max(1024));
-            let _ = writeln!(s, "create xb_net hash:net family inet hashsize {} maxelem {}", lists.cidr.len().next_power_of_two().max(1024), lists.cidr.len().max(1024));
+            let _ = writeln!(
+                s,
+                "create xb_ip hash:ip family inet hashsize {} maxelem {}",
+                lists.exact.len().next_power_of_two().max(1024),
+                lists.exact.len().max(1024)
+            );
+            let _ = writeln!(
+                s,
+                "create xb_net hash:net family inet hashsize {} maxelem {}",
+                lists.cidr.len().next_power_of_two().max(1024),
+                lists.cidr.len().max(1024)
+            );
             for a in &lists.exact {
                 let _ = writeln!(s, "add xb_ip {a}");
             }
@@ -612,7 +668,9 @@ fn uninstall(lab: &mut Lab, installed: Installed) -> Result<()> {
             lab.xdp_filter_loaded = false;
             Ok(())
         }
-        Installed::Netfilter(Variant::Nft) => run_quiet("removing the nft table", Command::new("nft").args(["delete", "table", "ip", "xbench"])).map(drop),
+        Installed::Netfilter(Variant::Nft) => {
+            run_quiet("removing the nft table", Command::new("nft").args(["delete", "table", "ip", "xbench"])).map(drop)
+        }
         Installed::Netfilter(_) => {
             run_quiet("flushing iptables raw", Command::new("iptables").args(["-t", "raw", "-F", "PREROUTING"]))?;
             // Sets only go once no rule references them.
@@ -636,7 +694,8 @@ fn install_gateway(object: &Path, lists: &Lists) -> Result<Ebpf> {
         .load_file(object)
         .with_context(|| format!("loading {}", object.display()))?;
     {
-        let prog: &mut Xdp = ebpf.program_mut(PROGRAM_NAME).context("no gateway_xdp program in the object")?.try_into()?;
+        let prog: &mut Xdp =
+            ebpf.program_mut(PROGRAM_NAME).context("no gateway_xdp program in the object")?.try_into()?;
         prog.load().context("verifying gateway_xdp")?;
     }
     {
@@ -651,7 +710,8 @@ fn install_gateway(object: &Path, lists: &Lists) -> Result<Ebpf> {
         }
     }
     {
-        let mut cidr: LpmTrie<_, [u8; 4], BanEntry> = LpmTrie::try_from(ebpf.map_mut(MAP_BAN_CIDR_V4).context("no BAN_CIDR_V4 map")?)?;
+        let mut cidr: LpmTrie<_, [u8; 4], BanEntry> =
+            LpmTrie::try_from(ebpf.map_mut(MAP_BAN_CIDR_V4).context("no BAN_CIDR_V4 map")?)?;
         for n in &lists.cidr {
             cidr.insert(&Key::new(24, n.octets()), BanEntry::enforce(), 0).context("filling BAN_CIDR_V4")?;
         }
@@ -682,7 +742,10 @@ fn fill_xdp_filter(lists: &Lists) -> Result<()> {
 /// namespace).
 fn rx_packets() -> Result<u64> {
     let s = std::fs::read_to_string("/proc/thread-self/net/dev").context("reading /proc/thread-self/net/dev")?;
-    let line = s.lines().find(|l| l.trim_start().starts_with(&format!("{RX_IF}:"))).context("receiver veth not in /proc/net/dev")?;
+    let line = s
+        .lines()
+        .find(|l| l.trim_start().starts_with(&format!("{RX_IF}:")))
+        .context("receiver veth not in /proc/net/dev")?;
     let fields: Vec<&str> = line.split(':').nth(1).unwrap_or("").split_whitespace().collect();
     fields.get(1).and_then(|p| p.parse().ok()).context("parsing rx packets in /proc/net/dev")
 }
@@ -722,7 +785,10 @@ fn program_ns(frame_file: &Path) -> Result<f64> {
     let link = run_quiet("reading the receiver's XDP program", Command::new("ip").args(["-j", "link", "show", RX_IF]))?;
     let v: serde_json::Value = serde_json::from_str(&link).context("parsing `ip -j link show`")?;
     let xdp = &v[0]["xdp"];
-    let id = xdp["prog"]["id"].as_u64().or_else(|| xdp["attached"][0]["prog"]["id"].as_u64()).context("no XDP program attached to the receiver veth")?;
+    let id = xdp["prog"]["id"]
+        .as_u64()
+        .or_else(|| xdp["attached"][0]["prog"]["id"].as_u64())
+        .context("no XDP program attached to the receiver veth")?;
     let mut best = f64::MAX;
     // Best of three: interference only ever adds time.
     for _ in 0..3 {
@@ -805,7 +871,14 @@ pub fn run(plan: &Plan, gateway_object: &Path, gen_object: &Path) -> Result<Repo
     result
 }
 
-fn run_in(plan: &Plan, lab: &mut Lab, frame_file: &Path, sets: &[Lists], gateway_object: &Path, gen_object: &Path) -> Result<Report> {
+fn run_in(
+    plan: &Plan,
+    lab: &mut Lab,
+    frame_file: &Path,
+    sets: &[Lists],
+    gateway_object: &Path,
+    gen_object: &Path,
+) -> Result<Report> {
     let topologies = Topology::all(lab.cpus);
     let mut rows: Vec<Row> = Vec::new();
     for lists in sets {
@@ -817,7 +890,8 @@ fn run_in(plan: &Plan, lab: &mut Lab, frame_file: &Path, sets: &[Lists], gateway
             check_interrupted()?;
             step(&format!("xdp bench: {} with {}", v.name(), lists.label()));
             let t = Instant::now();
-            let installed = install(lab, v, lists, gateway_object).with_context(|| format!("installing {}", v.name()))?;
+            let installed =
+                install(lab, v, lists, gateway_object).with_context(|| format!("installing {}", v.name()))?;
             let load_secs = t.elapsed().as_secs_f64();
             step(&format!("  loaded in {load_secs:.1} s"));
             let prog_ns = match v {
@@ -850,8 +924,22 @@ fn run_in(plan: &Plan, lab: &mut Lab, frame_file: &Path, sets: &[Lists], gateway
                 offered.sort_by(f64::total_cmp);
                 let (mpps, offered_mpps) = (drops[drops.len() / 2], offered[offered.len() / 2]);
                 let range = (drops[0], drops[drops.len() - 1]);
-                step(&format!("  {}: {mpps:.2} Mpps dropped (windows {drops:.2?}; {offered_mpps:.2} Mpps offered)", topology.name()));
-                rows.push(Row { topology, variant: v, entries: lists.label(), note: shortfall(v, lists), mpps, range, offered_mpps, load_secs, prog_ns, baseline: None });
+                step(&format!(
+                    "  {}: {mpps:.2} Mpps dropped (windows {drops:.2?}; {offered_mpps:.2} Mpps offered)",
+                    topology.name()
+                ));
+                rows.push(Row {
+                    topology,
+                    variant: v,
+                    entries: lists.label(),
+                    note: shortfall(v, lists),
+                    mpps,
+                    range,
+                    offered_mpps,
+                    load_secs,
+                    prog_ns,
+                    baseline: None,
+                });
             }
         }
         for &topo in topologies {
