@@ -10,7 +10,7 @@
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
-use std::process::{Child, Stdio};
+use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use gateway_tests::netns::{self, VethPair};
@@ -145,10 +145,4 @@ fn conn_rate_auto_ban_is_enforced_by_xdp() {
     let _ = std::fs::remove_dir_all(&state);
 }
 
-struct Guard(Child);
-impl Drop for Guard {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
+use gateway_tests::harness::ChildGuard as Guard;

@@ -25,6 +25,17 @@ pub fn gateway_bin() -> PathBuf {
     bin
 }
 
+/// A child process (a gateway binary under test), killed and reaped on drop
+/// so a failing test leaves nothing running.
+pub struct ChildGuard(pub std::process::Child);
+
+impl Drop for ChildGuard {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 /// A directory under the system temp dir, removed on drop.
 pub struct TempDir(pub PathBuf);
 

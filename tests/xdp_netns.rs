@@ -13,7 +13,7 @@ use std::collections::HashMap;
 use std::io::{BufRead, BufReader};
 use std::net::{IpAddr, SocketAddr, TcpListener};
 use std::path::PathBuf;
-use std::process::{Child, Stdio};
+use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use gateway::config::{AttachMode, XdpConfig};
@@ -389,13 +389,7 @@ fn gateway_binary_enforces_static_blacklist_with_xdp() {
 }
 
 /// Kills the gateway when the test ends, pass or fail.
-struct Guard(Child);
-impl Drop for Guard {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
+use gateway_tests::harness::ChildGuard as Guard;
 
 #[test]
 fn pins_from_another_capacity_are_replaced_not_refused() {
